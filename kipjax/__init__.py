@@ -1,0 +1,1 @@
+"""kipjax: knowledge-intensive and entity-centric NLP in JAX/Flax."""

@@ -1,0 +1,51 @@
+"""The contract between a method and the trainer.
+
+The trainer knows only this interface. A method owns its model, its data, its loss and its evaluation;
+model-dependent per-epoch work (mining hard negatives, refreshing an index) happens in `on_epoch_start`.
+Arrays the jitted step must read but that are not per-batch (an entity token table, mined negatives) are
+returned by `tables()`; the trainer places them on the mesh and hands them to `loss` as `batch["tables"]`,
+so a batch carries only ids and the step gathers on device.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+Params = Any
+Metrics = dict[str, Any]
+
+
+class Method:
+    """Base class with no-op defaults for the optional parts of the contract."""
+
+    def train_examples(self) -> Mapping[str, np.ndarray]:
+        """Training examples as arrays with a common leading dimension (the trainer batches and shuffles)."""
+        raise NotImplementedError
+
+    def init(self, rng: jax.Array, batch: Mapping[str, Any]) -> Params:
+        """Parameters, boxed with logical axis names (`nn.with_logical_partitioning`)."""
+        raise NotImplementedError
+
+    def loss(self, params: Params, batch: Mapping[str, Any], rng: jax.Array) -> tuple[jax.Array, Metrics]:
+        """Scalar loss and a dict of scalar metrics for one (micro)batch; traced under jit."""
+        raise NotImplementedError
+
+    def evaluate(self, params: Params) -> Metrics:
+        """Evaluation metrics (host-side floats) on the method's evaluation data."""
+        return {}
+
+    def tables(self) -> dict[str, jax.Array]:
+        """Device-resident arrays the loss reads through `batch['tables']`."""
+        return {}
+
+    def on_epoch_start(self, params: Params, epoch: int, rng: jax.Array) -> None:
+        """Model-dependent work before each epoch, e.g. re-mining hard negatives with `params`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Per-run method state that a checkpoint must carry for an exact resume (e.g. mined negatives)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores what `state_dict` returned."""

@@ -1,0 +1,122 @@
+"""Device mesh, logical-axis rules and shardings.
+
+Parallelism in kipjax is only a mesh shape plus a table of logical-axis rules. Models name every parameter
+dimension and every constrained activation dimension with a *logical* axis (below); the rules map logical
+axes to the physical mesh axes `data`, `fsdp` and `tensor`. Changing the parallelism of a run is a gin
+binding, never a code change.
+
+Parameter axes:   vocab, embed, mlp, heads, kv (per-head feature), type_vocab, position
+Activation axes:  activation_batch, activation_length, activation_embed, activation_mlp, activation_heads,
+                  activation_kv, activation_vocab
+Activations get their own names so that `embed` (sharded over `fsdp` for parameters) does not collide with
+the batch dimension, which also uses `fsdp`.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterator, Mapping, Sequence
+
+import gin
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LogicalRules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    # parameters
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("type_vocab", None),
+    ("position", None),
+    ("codes", None),
+    # activations
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_mlp", "tensor"),
+    ("activation_heads", "tensor"),
+    ("activation_kv", None),
+    ("activation_vocab", "tensor"),
+)
+
+
+@gin.configurable
+def logical_axis_rules(rules: LogicalRules | None = None) -> tuple[tuple[str, Any], ...]:
+    """The logical-to-mesh rules in force; override in gin with `logical_axis_rules.rules = [...]`."""
+    return tuple(tuple(r) for r in (rules if rules is not None else DEFAULT_RULES))
+
+
+@gin.configurable
+def mesh_shape(data: int = -1, fsdp: int = 1, tensor: int = 1) -> dict[str, int]:
+    """Mesh axis sizes; exactly one may be -1, meaning 'all remaining devices'.
+
+    The default spreads `data` over every available device, so one config runs unchanged on 1 or 8 devices.
+    """
+    return {"data": data, "fsdp": fsdp, "tensor": tensor}
+
+
+def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+    """Turns a shape with at most one -1 into concrete sizes whose product is `num_devices`."""
+    sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+    unknown = [i for i, s in enumerate(sizes) if s == -1]
+    if len(unknown) > 1:
+        raise ValueError(f"mesh_shape: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
+    known = math.prod(s for s in sizes if s != -1)
+    if known <= 0 or num_devices % known:
+        raise ValueError(
+            f"mesh_shape {dict(zip(MESH_AXES, sizes))} does not divide the {num_devices} available devices")
+    if unknown:
+        sizes[unknown[0]] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise ValueError(
+            f"mesh_shape {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices, "
+            f"but {num_devices} are available")
+    return tuple(sizes)
+
+
+def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds the (data, fsdp, tensor) mesh over `devices` (default: all devices of all hosts)."""
+    devices = list(devices) if devices is not None else jax.devices()
+    sizes = resolve_mesh_shape(shape if shape is not None else mesh_shape(), len(devices))
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: LogicalRules) -> Any:
+    """Maps a pytree of logical PartitionSpecs (axis names) to NamedShardings on `mesh`."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+
+
+def params_logical_specs(boxed_params: Any) -> Any:
+    """Logical PartitionSpecs of a parameter tree created with `nn.with_logical_partitioning`.
+
+    Unboxed leaves (no annotation) get an empty spec, i.e. they are replicated.
+    """
+    return nn.get_partition_spec(boxed_params)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over the data-parallel axes, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: LogicalRules) -> Iterator[None]:
+    """Makes `mesh` and the logical rules current, so `nn.with_logical_constraint` inside models applies."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield

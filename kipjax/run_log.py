@@ -1,0 +1,94 @@
+"""The trail a run leaves: `metrics.jsonl`, TensorBoard event files, and progress lines on stdout.
+
+`metrics.jsonl` has one JSON object per logged step (`step`, `loss`, eval metrics, ...) so runs can be
+compared and plotted without TensorBoard. On resume the lines past the restored step are dropped (they
+belong to work that is about to be redone), and the file is rewritten atomically.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Mapping, TextIO
+
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Writes `text` to `path` through a temporary file and a rename: readers never see half a file."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """Appends scalar metrics to MODEL_DIR/metrics.jsonl and to TensorBoard events under MODEL_DIR/tb."""
+
+    def __init__(self, model_dir: str, resume_step: int | None = None):
+        os.makedirs(model_dir, exist_ok=True)
+        self.path = os.path.join(model_dir, "metrics.jsonl")
+        if os.path.exists(self.path):
+            self._truncate_after(resume_step if resume_step is not None else -1)
+        self.events = EventFileWriter(os.path.join(model_dir, "tb"))
+
+    def _truncate_after(self, step: int) -> None:
+        with open(self.path, encoding="utf-8") as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+        atomic_write_text(self.path, "".join(kept))
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+                  for k, v in record.items() if k != "step" and isinstance(v, (int, float))]
+        self.events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                              summary=summary_pb2.Summary(value=values)))
+
+    def close(self) -> None:
+        self.events.flush()
+        self.events.close()
+
+
+def _plain(v: object) -> object:
+    try:
+        f = float(v)  # jax / numpy scalars
+    except (TypeError, ValueError):
+        return v
+    return f if math.isfinite(f) else str(f)
+
+
+class Progress:
+    """Step, loss, examples/s and ETA, printed every `every` steps (plain lines: readable in logs and TTYs)."""
+
+    def __init__(self, total_steps: int, start_step: int, examples_per_step: int, stream: TextIO = sys.stdout):
+        self.total = total_steps
+        self.examples_per_step = examples_per_step
+        self.stream = stream
+        self._last_step = start_step
+        self._last_time = time.perf_counter()
+
+    def report(self, step: int, loss: float, extra: Mapping[str, float] | None = None) -> float:
+        """Prints one progress line; returns the examples/s measured since the previous report."""
+        now = time.perf_counter()
+        steps = max(step - self._last_step, 1)
+        seconds = max(now - self._last_time, 1e-9)
+        rate = steps * self.examples_per_step / seconds
+        eta = (self.total - step) * seconds / steps
+        parts = [f"step {step}/{self.total}", f"loss {loss:.4f}", f"{rate:.1f} examples/s",
+                 f"ETA {_format_seconds(eta)}"]
+        parts += [f"{k} {v:.4g}" for k, v in (extra or {}).items()]
+        print(" | ".join(parts), file=self.stream, flush=True)
+        self._last_step, self._last_time = step, now
+        return rate
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"

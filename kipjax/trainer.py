@@ -1,0 +1,233 @@
+"""The one generic training loop.
+
+A jit-compiled step with explicit in/out shardings over the device mesh, gradient accumulation, evaluation
+every N steps, per-epoch method hooks, progress on stdout, `metrics.jsonl` + TensorBoard, and orbax
+checkpoints from which a killed run resumes bit for bit (params, optimizer state, step, rng, data position
+and method state are all restored).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import flax
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+
+from kipjax import checkpoints, optim, partitioning
+from kipjax.data.iterator import ArrayBatchIterator, IteratorState
+from kipjax.methods.base import Method
+from kipjax.run_log import MetricsLog, Progress
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def split_microbatches(batch: Mapping[str, jax.Array], num: int) -> dict[str, jax.Array]:
+    """[B, ...] -> [num, B/num, ...], each microbatch strided over the whole batch.
+
+    Striding (row r goes to microbatch r % num) keeps every microbatch spread over all data-parallel
+    devices, instead of living on the few devices that hold a contiguous block of rows.
+    """
+    def split(x: jax.Array) -> jax.Array:
+        return x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1)
+    return jax.tree.map(split, dict(batch))
+
+
+@gin.configurable
+class Trainer:
+    """Trains `method` for `train_steps` steps of `batch_size` examples (global, across all devices)."""
+
+    def __init__(
+        self,
+        method: Method,
+        model_dir: str = gin.REQUIRED,
+        train_steps: int = gin.REQUIRED,
+        batch_size: int = 8,
+        grad_accum_steps: int = 1,
+        eval_every: int = 0,
+        eval_at_start: bool = True,
+        log_every: int = 10,
+        seed: int = 0,
+        mesh: jax.sharding.Mesh | None = None,
+    ):
+        if batch_size % grad_accum_steps:
+            raise ValueError(f"Trainer.batch_size {batch_size} is not divisible by grad_accum_steps "
+                             f"{grad_accum_steps}")
+        self.method = method
+        self.model_dir = model_dir
+        self.train_steps = train_steps
+        self.batch_size = batch_size
+        self.grad_accum_steps = grad_accum_steps
+        self.eval_every = eval_every
+        self.eval_at_start = eval_at_start
+        self.log_every = log_every
+        self.seed = seed
+        self.mesh = mesh if mesh is not None else partitioning.make_mesh()
+        self.rules = partitioning.logical_axis_rules()
+        dp = partitioning.data_parallel_size(self.mesh)
+        if (batch_size // grad_accum_steps) % dp:
+            raise ValueError(f"Trainer.batch_size / grad_accum_steps = {batch_size // grad_accum_steps} must be "
+                             f"divisible by the {dp} data-parallel devices of mesh {dict(self.mesh.shape)}")
+        self.schedule = optim.learning_rate_schedule(total_steps=train_steps)
+        self.optimizer = optim.make_optimizer(self.schedule)
+        self.iterator = ArrayBatchIterator(method.train_examples(), batch_size, seed=seed)
+        self.batch_sharding = partitioning.batch_sharding(self.mesh)
+        self.replicated = partitioning.replicated(self.mesh)
+        self.hooked_epoch = -1  # the last epoch whose on_epoch_start has run
+
+    # ----------------------------------------------------------------------------------------------- setup
+
+    def _init_fn(self, rng: jax.Array, batch: Mapping[str, Any]) -> TrainState:
+        """Boxed (logically annotated) initial state; the optimizer state inherits the params' annotations."""
+        init_rng, state_rng = jax.random.split(rng)
+        params = self.method.init(init_rng, {**batch, "tables": self.method.tables()})
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=self.optimizer.init(params), rng=state_rng)
+
+    def _state_shardings(self, batch: Mapping[str, Any]) -> Any:
+        abstract = jax.eval_shape(self._init_fn, jax.random.PRNGKey(self.seed), batch)
+        specs = nn.get_partition_spec(abstract)
+        return partitioning.logical_to_sharding(specs, self.mesh, self.rules)
+
+    def initial_state(self, batch: Mapping[str, Any]) -> TrainState:
+        shardings = self._state_shardings(batch)
+        init = jax.jit(lambda r, b: nn.unbox(self._init_fn(r, b)), out_shardings=shardings)
+        with partitioning.activate(self.mesh, self.rules):
+            return init(jax.random.PRNGKey(self.seed), batch)
+
+    def device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Host batch -> global arrays split over the data-parallel axes; each host feeds its own rows."""
+        n, i = jax.process_count(), jax.process_index()
+        def put(x: np.ndarray) -> jax.Array:
+            rows = x.shape[0] // n
+            return jax.make_array_from_process_local_data(self.batch_sharding, x[i * rows:(i + 1) * rows],
+                                                          x.shape)
+        return {k: put(v) for k, v in batch.items()}
+
+    def device_tables(self) -> dict[str, jax.Array]:
+        return jax.device_put(self.method.tables(), self.replicated)
+
+    # ------------------------------------------------------------------------------------------------ step
+
+    def _train_step(self, state: TrainState, batch: dict, tables: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params: Any, microbatch: dict, r: jax.Array) -> tuple[jax.Array, dict]:
+            return self.method.loss(params, {**microbatch, "tables": tables}, r)
+
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        if self.grad_accum_steps == 1:
+            (loss, metrics), grads = grad_fn(state.params, batch, rng)
+        else:
+            micro = split_microbatches(batch, self.grad_accum_steps)
+            first = jax.tree.map(lambda x: x[0], micro)
+            (_, metric_shapes), _ = jax.eval_shape(grad_fn, state.params, first, rng)
+            zeros = (jnp.zeros(()), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes),
+                     jax.tree.map(jnp.zeros_like, state.params))
+
+            def accumulate(carry: tuple, xs: tuple) -> tuple[tuple, None]:
+                index, microbatch = xs
+                (l, m), g = grad_fn(state.params, microbatch, jax.random.fold_in(rng, index))
+                return jax.tree.map(jnp.add, carry, (l, m, g)), None
+
+            total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(self.grad_accum_steps), micro))
+            loss, metrics, grads = jax.tree.map(lambda x: x / self.grad_accum_steps, total)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
+                   "learning_rate": self.schedule(state.step)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    def compile_step(self, state_shardings: Any, batch: dict, tables: dict) -> Any:
+        batch_shardings = jax.tree.map(lambda _: self.batch_sharding, batch)
+        table_shardings = jax.tree.map(lambda _: self.replicated, tables)
+        return jax.jit(self._train_step,
+                       in_shardings=(state_shardings, batch_shardings, table_shardings),
+                       out_shardings=(state_shardings, self.replicated),
+                       donate_argnums=(0,))
+
+    # ----------------------------------------------------------------------------------------------- loop
+
+    def _maybe_start_epoch(self, state: TrainState) -> None:
+        epoch = self.iterator.state.epoch
+        if self.iterator.state.position == 0 and self.hooked_epoch != epoch:
+            hook_rng = jax.random.fold_in(jax.random.PRNGKey(self.seed + 1), epoch)
+            with partitioning.activate(self.mesh, self.rules):
+                self.method.on_epoch_start(state.params, epoch, hook_rng)
+            self.hooked_epoch = epoch
+
+    def _data_state(self) -> dict:
+        return {**self.iterator.state.to_json(), "hooked_epoch": self.hooked_epoch}
+
+    def _evaluate(self, state: TrainState) -> dict:
+        with partitioning.activate(self.mesh, self.rules):
+            return {f"eval/{k}": v for k, v in self.method.evaluate(state.params).items()}
+
+    def fit(self) -> tuple[TrainState, dict]:
+        """Runs (or resumes) training to `train_steps`; returns the final state and last logged metrics."""
+        batch0 = self.device_batch(self.iterator.peek())
+        state = self.initial_state(batch0)
+        shardings = jax.tree.map(lambda x: x.sharding, state)
+        ckpt = checkpoints.Checkpointer(os.path.join(self.model_dir, "checkpoints"))
+        resume_step = ckpt.latest_step()
+        if resume_step is not None:
+            state, data_state, method_state = ckpt.restore(
+                resume_step, checkpoints.abstract_with_shardings(state, shardings),
+                jax.tree.map(_abstract, self.method.state_dict()))
+            self.iterator.state = IteratorState.from_json(data_state)
+            self.hooked_epoch = int(data_state["hooked_epoch"])
+            self.method.load_state_dict(method_state)
+            print(f"resumed from {ckpt.directory} at step {resume_step}", flush=True)
+        log = MetricsLog(self.model_dir, resume_step=resume_step)
+        step = int(state.step)
+        last: dict = {}
+        if step == 0 and self.eval_at_start:
+            last = self._evaluate(state)
+            log.write(0, last)
+            print("before training: " + _format_metrics(last), flush=True)
+        step_fn = None
+        progress = Progress(self.train_steps, step, self.batch_size)
+        while step < self.train_steps:
+            self._maybe_start_epoch(state)
+            batch = self.device_batch(next(self.iterator))
+            tables = self.device_tables()
+            if step_fn is None:
+                step_fn = self.compile_step(shardings, batch, tables)
+            with partitioning.activate(self.mesh, self.rules):
+                state, metrics = step_fn(state, batch, tables)
+            step += 1
+            logged = {}
+            if step % self.log_every == 0 or step == self.train_steps:
+                logged = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                logged["examples_per_second"] = progress.report(
+                    step, logged["loss"], {"lr": logged["learning_rate"]})
+            if self.eval_every and (step % self.eval_every == 0 or step == self.train_steps):
+                evals = self._evaluate(state)
+                logged.update(evals)
+                print(f"step {step} eval: " + _format_metrics(evals), flush=True)
+            if logged:
+                log.write(step, logged)
+                last = logged
+            if ckpt.should_save(step) or step == self.train_steps:
+                ckpt.save(step, state, self._data_state(), self.method.state_dict())
+        log.close()
+        ckpt.close()
+        return state, last
+
+
+def _abstract(x: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None))
+
+
+def _format_metrics(metrics: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items()))
