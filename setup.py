@@ -31,7 +31,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["kipjax", "kipjax.*", "tasks", "tasks.*"]),
-    include_package_data=True,
+    # The bundled demo dataset (documents/, mentions/, tokenizer/) ships inside the package.
+    package_data={"kipjax.data": ["demo_zeshel/*/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # torch (CPU build) is only needed for parity tests against transformers' PyTorch models.
