@@ -90,9 +90,25 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
-def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: LogicalRules) -> Any:
-    """Maps a pytree of logical PartitionSpecs (axis names) to NamedShardings on `mesh`."""
-    return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: LogicalRules, shapes: Any = None) -> Any:
+    """Maps a pytree of logical PartitionSpecs (axis names) to NamedShardings on `mesh`.
+
+    With `shapes` (a matching pytree of arrays or ShapeDtypeStructs), a dimension whose size is not divisible
+    by its mesh axes is replicated instead: a tiny config (2 heads) then still runs on a wide `tensor` axis.
+    """
+    shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
+    if shapes is None:
+        return shardings
+    return jax.tree.map(_divisible_sharding, shardings, shapes)
+
+
+def _divisible_sharding(sharding: NamedSharding, shape: Any) -> NamedSharding:
+    spec = []
+    for dim, axes in zip(shape.shape, tuple(sharding.spec) + (None,) * (len(shape.shape) - len(sharding.spec))):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        ways = math.prod(sharding.mesh.shape[a] for a in names)
+        spec.append(axes if dim % ways == 0 else None)
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec))
 
 
 def params_logical_specs(boxed_params: Any) -> Any:

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import linen as nn
+from jax.sharding import PartitionSpec
 
 from kipjax import partitioning
 from kipjax.methods.base import Method
@@ -170,3 +171,13 @@ def test_metrics_trail(tmp_path):
 def test_bad_batch_size_is_reported():
     with pytest.raises(ValueError, match="divisible by the 8 data-parallel devices"):
         Trainer(ToyMethod(), model_dir="/tmp/unused", train_steps=1, batch_size=4)
+
+
+def test_indivisible_parameter_dimensions_fall_back_to_replication():
+    mesh = partitioning.make_mesh({"data": 2, "fsdp": 1, "tensor": 4})
+    specs = {"heads2": PartitionSpec("heads", "kv"), "heads8": PartitionSpec("heads", "kv")}
+    shapes = {"heads2": jax.ShapeDtypeStruct((2, 16), jnp.float32),
+              "heads8": jax.ShapeDtypeStruct((8, 16), jnp.float32)}
+    shardings = partitioning.logical_to_sharding(specs, mesh, partitioning.DEFAULT_RULES, shapes=shapes)
+    assert shardings["heads2"].spec == PartitionSpec(None, None)
+    assert shardings["heads8"].spec == PartitionSpec("tensor", None)
