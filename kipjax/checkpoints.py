@@ -38,21 +38,19 @@ class Checkpointer:
         return self.every_steps > 0 and step % self.every_steps == 0
 
     def save(self, step: int, state: Any, data_state: dict, method_state: dict) -> None:
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=ocp.args.JsonSave(data_state),
-            method=ocp.args.StandardSave(method_state),
-        ), force=True)
+        items = {"state": ocp.args.StandardSave(state), "data": ocp.args.JsonSave(data_state)}
+        if method_state:  # orbax refuses an empty tree; a stateless method saves no `method` item
+            items["method"] = ocp.args.StandardSave(method_state)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         self.manager.wait_until_finished()
 
     def restore(self, step: int, abstract_state: Any, abstract_method_state: dict) -> tuple[Any, dict, dict]:
         """Restores onto the shardings carried by the abstract (ShapeDtypeStruct) trees."""
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=ocp.args.JsonRestore(),
-            method=ocp.args.StandardRestore(abstract_method_state),
-        ))
-        return restored.state, restored.data, restored.method
+        items = {"state": ocp.args.StandardRestore(abstract_state), "data": ocp.args.JsonRestore()}
+        if abstract_method_state:
+            items["method"] = ocp.args.StandardRestore(abstract_method_state)
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return restored.state, restored.data, restored.method if abstract_method_state else {}
 
     def close(self) -> None:
         self.manager.close()

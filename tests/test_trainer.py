@@ -92,9 +92,23 @@ def run(model_dir, steps, mesh=None, batch_size=8, accum=1, method=None):
     return jax.device_get(state), metrics, method
 
 
-def test_killed_run_resumes_bit_for_bit(tmp_path, monkeypatch):
+class StatelessToyMethod(ToyMethod):
+    """A method with nothing to checkpoint besides the train state (e.g. a reranker): no mining."""
+
+    def on_epoch_start(self, params, epoch, rng):
+        self.epochs_seen.append(epoch)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        assert state == {}
+
+
+@pytest.mark.parametrize("method_cls", [ToyMethod, StatelessToyMethod])
+def test_killed_run_resumes_bit_for_bit(method_cls, tmp_path, monkeypatch):
     gin.bind_parameter("Checkpointer.every_steps", 3)
-    full, _, _ = run(tmp_path / "full", 12)
+    full, _, _ = run(tmp_path / "full", 12, method=method_cls())
 
     class Killed(Exception):
         pass
@@ -108,10 +122,10 @@ def test_killed_run_resumes_bit_for_bit(tmp_path, monkeypatch):
 
     monkeypatch.setattr(MetricsLog, "write", write_then_die)
     with pytest.raises(Killed):
-        run(tmp_path / "killed", 12)
+        run(tmp_path / "killed", 12, method=method_cls())
     monkeypatch.setattr(MetricsLog, "write", original_write)
     assert sorted(os.listdir(tmp_path / "killed" / "checkpoints")) == ["3"]
-    resumed, _, method = run(tmp_path / "killed", 12)
+    resumed, _, method = run(tmp_path / "killed", 12, method=method_cls())
     # Epoch 0's negatives come from the checkpoint; epoch 1 (8 batches/epoch) starts after the resume.
     assert method.epochs_seen == [1]
     for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
