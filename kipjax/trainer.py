@@ -84,6 +84,7 @@ class Trainer:
         self.batch_sharding = partitioning.batch_sharding(self.mesh)
         self.replicated = partitioning.replicated(self.mesh)
         self.hooked_epoch = -1  # the last epoch whose on_epoch_start has run
+        self.initial_eval: dict = {}  # eval metrics before the first step (when this run started at step 0)
 
     # ----------------------------------------------------------------------------------------------- setup
 
@@ -97,13 +98,23 @@ class Trainer:
     def _state_shardings(self, batch: Mapping[str, Any]) -> Any:
         abstract = jax.eval_shape(self._init_fn, jax.random.PRNGKey(self.seed), batch)
         specs = nn.get_partition_spec(abstract)
-        return partitioning.logical_to_sharding(specs, self.mesh, self.rules)
+        return partitioning.logical_to_sharding(specs, self.mesh, self.rules, shapes=nn.unbox(abstract))
 
     def initial_state(self, batch: Mapping[str, Any]) -> TrainState:
         shardings = self._state_shardings(batch)
         init = jax.jit(lambda r, b: nn.unbox(self._init_fn(r, b)), out_shardings=shardings)
         with partitioning.activate(self.mesh, self.rules):
             return init(jax.random.PRNGKey(self.seed), batch)
+
+    def restore_state(self, directory: str, step: int) -> TrainState:
+        """Loads the train state of checkpoint `step` from `directory` onto this trainer's mesh."""
+        batch0 = self.device_batch(self.iterator.peek())
+        abstract = jax.eval_shape(lambda r, b: nn.unbox(self._init_fn(r, b)), jax.random.PRNGKey(self.seed), batch0)
+        target = checkpoints.abstract_with_shardings(abstract, self._state_shardings(batch0))
+        ckpt = checkpoints.Checkpointer(directory)
+        state, _, _ = ckpt.restore(step, target, jax.tree.map(_abstract, self.method.state_dict()))
+        ckpt.close()
+        return state
 
     def device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
         """Host batch -> global arrays split over the data-parallel axes; each host feeds its own rows."""
@@ -193,6 +204,7 @@ class Trainer:
         last: dict = {}
         if step == 0 and self.eval_at_start:
             last = self._evaluate(state)
+            self.initial_eval = dict(last)
             log.write(0, last)
             print("before training: " + _format_metrics(last), flush=True)
         step_fn = None

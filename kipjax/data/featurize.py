@@ -167,3 +167,11 @@ def load_zeshel_split(root: str | Path, split: str, tokenizer: PreTrainedTokeniz
     entity_arrays = featurize_entities(tokenizer, table.documents, max_len)
     entity_arrays["entity_world"] = table.world
     return mention_arrays, entity_arrays, world_names
+
+
+def split_record_ids(root: str | Path, split: str) -> tuple[list[str], list[str]]:
+    """(mention ids in file order, entity document id of each table row) for `load_zeshel_split`'s arrays."""
+    documents = read_documents(root)
+    mentions = read_mentions(root, split, documents)
+    table = EntityTable.for_worlds(documents, sorted({m.world for m in mentions}))
+    return [m.mention_id for m in mentions], [d.document_id for d in table.documents]

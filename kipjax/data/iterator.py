@@ -73,3 +73,12 @@ class ArrayBatchIterator:
         if self.state.position >= self.batches_per_epoch:
             self.state = IteratorState(epoch=self.state.epoch + 1, position=0)
         return batch
+
+
+def fixed_size_batches(size: int, *arrays: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+    """Splits arrays into batches of exactly `size` rows, the last padded by repeating row 0, so inference
+    over a table of any length compiles once. Callers cut the outputs back to `len(arrays[0])` rows."""
+    n = len(arrays[0])
+    pad = (-n) % size
+    padded = [np.concatenate([a, np.repeat(a[:1], pad, axis=0)]) if pad else a for a in arrays]
+    return [tuple(a[i:i + size] for a in padded) for i in range(0, n + pad, size)]

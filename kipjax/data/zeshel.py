@@ -44,7 +44,7 @@ class Mention:
     text: str | None = None
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(1-based line number, record) for each non-blank line; a line that is not a JSON object raises."""
     with path.open(encoding="utf-8") as f:
         for line_number, line in enumerate(f, start=1):
@@ -60,7 +60,7 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield line_number, record
 
 
-def _field(record: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
+def required_field(record: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
     """`record[name]`, checked to be present and of type `kind` (bool does not count as int)."""
     if name not in record:
         raise ValueError(f"{where}: missing field '{name}'")
@@ -82,12 +82,12 @@ def read_documents(root: str | Path) -> dict[str, list[Document]]:
     for path in paths:
         world = path.stem
         documents = []
-        for line_number, record in _json_lines(path):
+        for line_number, record in json_lines(path):
             where = f"{path}:{line_number}"
             document = Document(
-                document_id=_field(record, "document_id", str, where),
-                title=_field(record, "title", str, where),
-                text=_field(record, "text", str, where),
+                document_id=required_field(record, "document_id", str, where),
+                title=required_field(record, "title", str, where),
+                text=required_field(record, "text", str, where),
                 world=world,
             )
             if document.document_id in first_seen:
@@ -119,19 +119,19 @@ def read_mentions(root: str | Path, split: str,
     tokens_of = functools.lru_cache(maxsize=4096)(lambda document_id: by_id[document_id].text.split())
     first_seen: dict[str, int] = {}
     mentions = []
-    for line_number, record in _json_lines(path):
+    for line_number, record in json_lines(path):
         where = f"{path}:{line_number}"
         text = record.get("text")
         if text is not None and not isinstance(text, str):
             raise ValueError(f"{where}: field 'text' must be str, got {type(text).__name__}")
         mention = Mention(
-            mention_id=_field(record, "mention_id", str, where),
-            context_document_id=_field(record, "context_document_id", str, where),
-            start_index=_field(record, "start_index", int, where),
-            end_index=_field(record, "end_index", int, where),
-            label_document_id=_field(record, "label_document_id", str, where),
-            world=_field(record, "corpus", str, where),
-            category=_field(record, "category", str, where),
+            mention_id=required_field(record, "mention_id", str, where),
+            context_document_id=required_field(record, "context_document_id", str, where),
+            start_index=required_field(record, "start_index", int, where),
+            end_index=required_field(record, "end_index", int, where),
+            label_document_id=required_field(record, "label_document_id", str, where),
+            world=required_field(record, "corpus", str, where),
+            category=required_field(record, "category", str, where),
             text=text,
         )
         if mention.mention_id in first_seen:
