@@ -1,0 +1,87 @@
+"""Command-line plumbing shared by the kipjax CLIs: gin files and bindings, clean errors, multi-host start."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+import gin
+
+
+def gin_argument_parser(description: str) -> argparse.ArgumentParser:
+    """A parser taking `--gin_file` (repeatable), `--gin_bindings` (repeatable) and `--gin.KEY=VALUE`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--gin_file", action="append", default=[], help="gin file; several compose in order")
+    parser.add_argument("--gin_bindings", action="append", default=[], help="gin binding, e.g. 'A.b = 1'")
+    parser.add_argument("--gin_search_path", action="append", default=[],
+                        help="directory for resolving gin `include` statements (repo root by default)")
+    return parser
+
+
+def split_gin_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Pulls `--gin.KEY=VALUE` (or `--gin.KEY VALUE`) out of argv as gin bindings `KEY = VALUE`."""
+    rest, bindings = [], []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--gin.") and arg != "--gin.":
+            key_value = arg[len("--gin."):]
+            if "=" in key_value:
+                key, value = key_value.split("=", 1)
+            elif i + 1 < len(args):
+                key, value = key_value, args[i + 1]
+                i += 1
+            else:
+                raise SystemExit(f"error: {arg} needs a value, e.g. {arg}=VALUE")
+            bindings.append(f"{key} = {value}")
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, bindings
+
+
+def parse_gin(args: argparse.Namespace, overrides: Sequence[str]) -> None:
+    """Loads gin files then bindings (later ones win); a bad file or binding exits with gin's message."""
+    for path in [os.getcwd(), *args.gin_search_path]:
+        gin.add_config_file_search_path(path)
+    for path in args.gin_file:
+        if not os.path.exists(path):
+            raise SystemExit(f"error: gin file {path!r} does not exist")
+    try:
+        gin.parse_config_files_and_bindings(args.gin_file, [*args.gin_bindings, *overrides])
+    except (ValueError, KeyError, TypeError, NameError, ImportError, SyntaxError) as e:
+        raise SystemExit(f"error: bad gin configuration: {e}") from None
+
+
+def parse_command_line(description: str, argv: Sequence[str] | None = None,
+                       parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    parser = parser or gin_argument_parser(description)
+    rest, overrides = split_gin_overrides(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(rest)
+    parse_gin(args, overrides)
+    return args
+
+
+@gin.configurable
+def initialize_distributed(enabled: bool | None = None) -> None:
+    """Starts JAX's multi-host runtime on pods; `None` means on when KIPJAX_MULTIHOST=1 is set."""
+    if enabled is None:
+        enabled = os.environ.get("KIPJAX_MULTIHOST") == "1"
+    if enabled:
+        import jax
+        jax.distributed.initialize()
+
+
+def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="MODEL_DIR or checkpoints directory")
+
+
+def require_checkpoint(path: str) -> None:
+    """Exits with a clear message, before any model is built, when `path` holds no checkpoint."""
+    from kipjax import checkpoints
+    try:
+        checkpoints.find_checkpoint_dir(path)
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: {e}") from None

@@ -1,0 +1,90 @@
+"""The command lines: bad configurations and missing checkpoints fail cleanly; the quickstart works end to end."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gin
+import pytest
+
+from kipjax import evaluate, index, train
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "gin_configs" / "quickstart.gin")
+
+
+@pytest.fixture(autouse=True)
+def clean_gin(monkeypatch):
+    monkeypatch.chdir(REPO)  # gin `include` paths are relative to the repository root
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def test_unknown_binding_fails_before_anything_is_written(tmp_path, capsys):
+    model_dir = tmp_path / "run"
+    with pytest.raises(SystemExit, match="bad gin configuration.*NoSuchThing"):
+        train.main([f"--gin_file={QUICKSTART}", f"--gin.MODEL_DIR='{model_dir}'", "--gin.NoSuchThing.x=1"])
+    assert not model_dir.exists()
+
+
+def test_wrong_parameter_name_is_reported(tmp_path):
+    with pytest.raises(SystemExit, match="bad gin configuration.*num_candidatez"):
+        train.main([f"--gin_file={QUICKSTART}", f"--gin.MODEL_DIR='{tmp_path / 'run'}'",
+                     "--gin.HardNCERetrieval.num_candidatez=4"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_gin_file_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="gin file 'nope.gin' does not exist"):
+        train.main(["--gin_file=nope.gin"])
+
+
+def test_evaluate_names_a_missing_checkpoint_directory(tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        evaluate.main([f"--gin_file={QUICKSTART}", f"--checkpoint={tmp_path / 'absent'}"])
+    (tmp_path / "empty").mkdir()
+    gin.clear_config()  # each CLI call expects a fresh process's gin state
+    with pytest.raises(SystemExit, match="no checkpoint found"):
+        evaluate.main([f"--gin_file={QUICKSTART}", f"--checkpoint={tmp_path / 'empty'}"])
+
+
+def test_index_needs_something_to_write(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        index.main([f"--gin_file={QUICKSTART}", f"--checkpoint={tmp_path}"])
+    assert "nothing to do" in capsys.readouterr().err
+
+
+def _run(module: str, *args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(tmp_path):
+    """README's main job (here on the 8 fake devices of the test session): recall clearly improves; the run
+    leaves checkpoints, metrics.jsonl, TensorBoard events; evaluate and index work on its checkpoint."""
+    model_dir = tmp_path / "quickstart"
+    out = _run("kipjax.train", f"--gin_file={QUICKSTART}", f"--gin.MODEL_DIR='{model_dir}'").stdout
+    assert "before training:" in out and "eval before -> after training" in out
+    history = [json.loads(line) for line in open(model_dir / "metrics.jsonl")]
+    before, after = history[0], history[-1]
+    assert before["step"] == 0 and after["step"] == 600 and all("loss" in h for h in history[1:])
+    assert after["eval/recall@1"] > before["eval/recall@1"] + 0.1
+    assert after["eval/recall@8"] > before["eval/recall@8"] + 0.15
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(model_dir))
+    assert (model_dir / "checkpoints" / "600").is_dir() and (model_dir / "operative_config.gin").is_file()
+
+    evaluated = json.loads(_run("kipjax.evaluate", f"--gin_file={QUICKSTART}", f"--checkpoint={model_dir}").stdout)
+    assert evaluated["step"] == 600
+    assert evaluated["recall@8"] == pytest.approx(after["eval/recall@8"], abs=1e-6)
+
+    report = json.loads(_run("kipjax.index", f"--gin_file={QUICKSTART}", f"--checkpoint={model_dir}",
+                             "--split=test", f"--out={tmp_path / 'index'}",
+                             f"--candidates={tmp_path / 'candidates'}").stdout)
+    assert report["scann_recall@10_vs_exact"] >= 0.95
+    lines = open(tmp_path / "candidates" / "candidates_test.json").read().splitlines()
+    assert len(lines) == report["num_queries"] and len(json.loads(lines[0])["candidates"]) > 0
