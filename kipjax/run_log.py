@@ -26,9 +26,16 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 class MetricsLog:
-    """Appends scalar metrics to MODEL_DIR/metrics.jsonl and to TensorBoard events under MODEL_DIR/tb."""
+    """Appends scalar metrics to MODEL_DIR/metrics.jsonl and to TensorBoard events under MODEL_DIR/tb.
 
-    def __init__(self, model_dir: str, resume_step: int | None = None):
+    On a multi-host run every host computes the same metrics; only the primary host (process 0) writes them,
+    so a shared MODEL_DIR gets one line per step rather than one per host.
+    """
+
+    def __init__(self, model_dir: str, resume_step: int | None = None, primary: bool = True):
+        self.primary = primary
+        if not primary:
+            return
         os.makedirs(model_dir, exist_ok=True)
         self.path = os.path.join(model_dir, "metrics.jsonl")
         if os.path.exists(self.path):
@@ -41,6 +48,8 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(kept))
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.primary:
+            return
         record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -50,6 +59,8 @@ class MetricsLog:
                                               summary=summary_pb2.Summary(value=values)))
 
     def close(self) -> None:
+        if not self.primary:
+            return
         self.events.flush()
         self.events.close()
 

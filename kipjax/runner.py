@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 import gin
+import jax
 
 from kipjax import checkpoints
 from kipjax.data.candidates import candidates_path
@@ -21,11 +22,14 @@ from kipjax.trainer import Trainer
 @gin.configurable
 def train(method: Method = gin.REQUIRED, model_dir: str = gin.REQUIRED) -> Metrics:
     """Builds the trainer for `method`, records the config next to the checkpoints, trains, returns metrics."""
-    os.makedirs(model_dir, exist_ok=True)
-    atomic_write_text(os.path.join(model_dir, "config.gin"), gin.config_str())
+    primary = jax.process_index() == 0  # one writer per shared MODEL_DIR on multi-host runs
+    if primary:
+        os.makedirs(model_dir, exist_ok=True)
+        atomic_write_text(os.path.join(model_dir, "config.gin"), gin.config_str())
     trainer = Trainer(method, model_dir=model_dir)
     _, metrics = trainer.fit()
-    atomic_write_text(os.path.join(model_dir, "operative_config.gin"), gin.operative_config_str())
+    if primary:
+        atomic_write_text(os.path.join(model_dir, "operative_config.gin"), gin.operative_config_str())
     if trainer.initial_eval:
         print("eval before -> after training: " + ", ".join(
             f"{k[len('eval/'):]} {v:.4f} -> {metrics[k]:.4f}" for k, v in sorted(trainer.initial_eval.items())

@@ -199,7 +199,7 @@ class Trainer:
             self.hooked_epoch = int(data_state["hooked_epoch"])
             self.method.load_state_dict(method_state)
             print(f"resumed from {ckpt.directory} at step {resume_step}", flush=True)
-        log = MetricsLog(self.model_dir, resume_step=resume_step)
+        log = MetricsLog(self.model_dir, resume_step=resume_step, primary=jax.process_index() == 0)
         step = int(state.step)
         last: dict = {}
         if step == 0 and self.eval_at_start:

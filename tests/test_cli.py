@@ -56,6 +56,16 @@ def test_index_needs_something_to_write(tmp_path, capsys):
     assert "nothing to do" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("run_file", ["cpu_tiny", "gpu_1", "tpu_v4_32"])
+@pytest.mark.parametrize("config", ["quickstart.gin", "hard_nce/zeshel.gin", "hard_nce/zeshel_som.gin",
+                                    "hard_nce/zeshel_rerank.gin", "hard_nce/demo_rerank.gin"])
+def test_every_config_composes_with_every_run_file(config, run_file):
+    """Parsing checks every binding against the configurables' signatures, so a stale name fails here."""
+    gin.parse_config_files_and_bindings([f"gin_configs/{config}", f"gin_configs/runs/{run_file}.gin"],
+                                        ["MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 1"])
+    assert gin.query_parameter("%TRAIN_STEPS") == 1 and gin.query_parameter("%MODEL_DIR") == "/tmp/unused"
+
+
 def _run(module: str, *args: str) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
                             env={**os.environ})
@@ -75,7 +85,7 @@ def test_quickstart_end_to_end(tmp_path):
     assert before["step"] == 0 and after["step"] == 600 and all("loss" in h for h in history[1:])
     assert after["eval/recall@1"] > before["eval/recall@1"] + 0.1
     assert after["eval/recall@8"] > before["eval/recall@8"] + 0.15
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(model_dir))
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(model_dir / "tb"))
     assert (model_dir / "checkpoints" / "600").is_dir() and (model_dir / "operative_config.gin").is_file()
 
     evaluated = json.loads(_run("kipjax.evaluate", f"--gin_file={QUICKSTART}", f"--checkpoint={model_dir}").stdout)

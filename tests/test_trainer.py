@@ -195,3 +195,10 @@ def test_indivisible_parameter_dimensions_fall_back_to_replication():
     shardings = partitioning.logical_to_sharding(specs, mesh, partitioning.DEFAULT_RULES, shapes=shapes)
     assert shardings["heads2"].spec == PartitionSpec(None, None)
     assert shardings["heads8"].spec == PartitionSpec("tensor", None)
+
+
+def test_only_the_primary_host_writes_metrics(tmp_path):
+    log = MetricsLog(str(tmp_path / "other_host"), primary=False)
+    log.write(1, {"loss": 1.0})
+    log.close()
+    assert not (tmp_path / "other_host").exists()

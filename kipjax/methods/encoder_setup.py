@@ -32,10 +32,13 @@ class EncoderSetup:
 
 
 def setup_encoder(owner: str, data_dir: str, tokenizer_dir: str | None, pretrained: str | None,
-                  encoder_config: BertConfig | None, compute_dtype: str, remat: bool) -> EncoderSetup:
+                  encoder_config: BertConfig | None, compute_dtype: str, remat: bool,
+                  scan_layers: bool = False) -> EncoderSetup:
     """Loads the tokenizer (default: `pretrained`, else `data_dir/tokenizer`) and the encoder config/weights.
 
-    `owner` names the configurable in error messages (e.g. 'HardNCERetrieval').
+    `owner` names the configurable in error messages (e.g. 'HardNCERetrieval'). Use `scan_layers` with
+    `remat`: XLA then recomputes one loop iteration at a time, whereas unrolled rematerialised layers may be
+    scheduled early (a BERT-base K=64 step measured 12 GiB scanned vs 52 GiB unrolled, benchmarks/README.md).
     """
     if compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"{owner}.compute_dtype: expected one of {list(COMPUTE_DTYPES)}, got {compute_dtype!r}")
@@ -43,7 +46,7 @@ def setup_encoder(owner: str, data_dir: str, tokenizer_dir: str | None, pretrain
         raise ValueError(f"{owner} needs `pretrained` (a Hugging Face directory) or `encoder_config`")
     tokenizer = ensure_marker_tokens(
         hf.load_tokenizer(tokenizer_dir or pretrained or os.path.join(data_dir, "tokenizer")))
-    overrides = {"dtype": COMPUTE_DTYPES[compute_dtype], "remat": remat}
+    overrides = {"dtype": COMPUTE_DTYPES[compute_dtype], "remat": remat, "scan_layers": scan_layers}
     pretrained_params = None
     if pretrained is not None:
         encoder, pretrained_params = hf.load_pretrained(pretrained, **overrides)

@@ -86,6 +86,9 @@ class HardNCERetrieval(Method):
       hard_sampling: 'sample' (without replacement from the model, eq. 3.9) or 'topk' (greedy).
       eval_split: the Zeshel split evaluated by `evaluate` ('val' or 'test').
       eval_ks: the k of the recall@k metrics; the largest also bounds the retrieved candidate lists.
+      compute_dtype: 'float32' or 'bfloat16' activations (parameters stay float32).
+      remat / scan_layers: recompute layer activations in the backward pass; scan over layers (use both
+        together for large K, see `encoder_setup.setup_encoder`).
     """
 
     def __init__(
@@ -109,6 +112,7 @@ class HardNCERetrieval(Method):
         chunk_size: int = 4096,
         compute_dtype: str = "float32",
         remat: bool = False,
+        scan_layers: bool = False,
     ):
         if negatives not in NEGATIVE_KINDS:
             raise ValueError(f"HardNCERetrieval.negatives: expected one of {NEGATIVE_KINDS}, got {negatives!r}")
@@ -124,7 +128,7 @@ class HardNCERetrieval(Method):
         self.chunk_size = chunk_size
 
         setup = setup_encoder("HardNCERetrieval", data_dir, tokenizer_dir, pretrained, encoder_config,
-                              compute_dtype, remat)
+                              compute_dtype, remat, scan_layers)
         self.tokenizer, self.pretrained_params = setup.tokenizer, setup.pretrained_params
         config = setup.config
         self.model = BiEncoder(config, score_kind=score_kind, num_vectors=num_vectors,

@@ -86,7 +86,8 @@ class JointReranker(Method):
       data_dir: a Zeshel-layout root (documents/, mentions/).
       candidates_dir: holds `candidates_{split}.json` for the train and eval splits (`python -m kipjax.index
         --candidates=DIR` with a trained retriever).
-      tokenizer_dir / pretrained / encoder_config / compute_dtype / remat: as for `HardNCERetrieval`.
+      tokenizer_dir / pretrained / encoder_config / compute_dtype / remat / scan_layers: as for
+        `HardNCERetrieval`.
       num_candidates: K in training, the gold plus the retriever's top K-1 non-gold candidates (64 in the
         chapter: top-63 negatives).
       eval_num_candidates: how many of the retriever's candidates are reranked at evaluation (64).
@@ -111,12 +112,13 @@ class JointReranker(Method):
         eval_batch_size: int = 8,
         compute_dtype: str = "float32",
         remat: bool = False,
+        scan_layers: bool = False,
     ):
         if num_candidates < 2:
             raise ValueError(f"JointReranker.num_candidates must be at least 2 (gold + a negative), "
                              f"got {num_candidates}")
         setup = setup_encoder("JointReranker", data_dir, tokenizer_dir, pretrained, encoder_config,
-                              compute_dtype, remat)
+                              compute_dtype, remat, scan_layers)
         self.tokenizer, self.pretrained_params = setup.tokenizer, setup.pretrained_params
         self.model = CrossEncoder(setup.config, head_dropout=head_dropout)
         self.num_candidates = num_candidates

@@ -122,7 +122,8 @@ def test_evaluation_normalizes_by_retriever_recall(tmp_path, monkeypatch):
     assert metrics["candidate_recall@8"] == pytest.approx(found.mean())
 
 
-def test_reranker_starts_from_a_hugging_face_checkpoint(tmp_path):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_reranker_starts_from_a_hugging_face_checkpoint(scan_layers, tmp_path):
     write_world_candidates(tmp_path, "train", 8, gold_rank=0)
     write_world_candidates(tmp_path, "val", 8, gold_rank=0)
     tokenizer_dir = f"{bundled_demo_dir()}/tokenizer"
@@ -133,7 +134,7 @@ def test_reranker_starts_from_a_hugging_face_checkpoint(tmp_path):
         max_position_embeddings=64), add_pooling_layer=False)
     bert.save_pretrained(tmp_path / "bert")
     reranker = make_reranker(tmp_path, encoder_config=None, pretrained=str(tmp_path / "bert"),
-                             tokenizer_dir=tokenizer_dir)
+                             tokenizer_dir=tokenizer_dir, scan_layers=scan_layers, remat=scan_layers)
     trainer = Trainer(reranker, model_dir=str(tmp_path / "run"), train_steps=1, batch_size=8)
     params = trainer.initial_state(trainer.device_batch(trainer.iterator.peek())).params
     table = np.asarray(params["encoder"]["embeddings"]["word_embeddings"]["embedding"])
@@ -141,6 +142,10 @@ def test_reranker_starts_from_a_hugging_face_checkpoint(tmp_path):
     assert table.shape == (vocab, 32)
     np.testing.assert_allclose(table[:vocab - 3], hf_table, atol=1e-7)
     np.testing.assert_allclose(table[vocab - 3:], np.repeat(hf_table.mean(0, keepdims=True), 3, 0), atol=1e-6)
+    assert ("layers" in params["encoder"]) == scan_layers  # one stacked subtree vs layer_0, layer_1, ...
+    batch = trainer.device_batch(trainer.iterator.peek())
+    loss, _ = reranker.loss(params, {**batch, "tables": reranker.tables()}, jax.random.PRNGKey(0))
+    assert np.isfinite(float(loss))
 
 
 @pytest.mark.slow
