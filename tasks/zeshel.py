@@ -93,7 +93,8 @@ _SETTINGS: dict[str, Callable[[], ZeshelSettings]] = {ZESHEL_TASK: zeshel_settin
 @functools.lru_cache(maxsize=8)
 def _load(settings: ZeshelSettings, split: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
     tokenizer = ensure_marker_tokens(load_tokenizer(settings.tokenizer_dir))
-    return load_zeshel_split(settings.data_dir, split, tokenizer, settings.max_len)
+    mentions, entities, world_names, *_ = load_zeshel_split(settings.data_dir, split, tokenizer, settings.max_len)
+    return mentions, entities, world_names
 
 
 def split_arrays(task_name: str, split: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -148,14 +148,22 @@ class EntityTable:
         return np.asarray([world_id[d.world] for d in self.documents], dtype=np.int32).reshape(-1)
 
 
-def load_zeshel_split(root: str | Path, split: str, tokenizer: PreTrainedTokenizerBase, max_len: int = 128,
-                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
-    """Featurized mentions of `split` and the entity table of the worlds they occur in.
+class ZeshelSplit(NamedTuple):
+    """A featurized split: `mentions` has input_ids, attention_mask [M, L], gold_entity, world and
+    mention_index (row in the split's file) [M]; `entities` has input_ids, attention_mask [N, L] and
+    entity_world [N]; world and entity_world index the sorted `world_names`. `mention_ids` and `entity_ids`
+    (document id of each entity row) name the rows, e.g. for candidate files."""
 
-    Returns `(mentions, entities, world_names)`: mentions has input_ids, attention_mask [M, L], gold_entity,
-    world and mention_index (row in the split's file) [M]; entities has input_ids, attention_mask [N, L] and
-    entity_world [N]; world and entity_world index the sorted `world_names`.
-    """
+    mentions: dict[str, np.ndarray]
+    entities: dict[str, np.ndarray]
+    world_names: list[str]
+    mention_ids: list[str]
+    entity_ids: list[str]
+
+
+def load_zeshel_split(root: str | Path, split: str, tokenizer: PreTrainedTokenizerBase,
+                      max_len: int = 128) -> ZeshelSplit:
+    """Featurized mentions of `split` and the entity table of the worlds they occur in (files read once)."""
     documents = read_documents(root)
     mentions = read_mentions(root, split, documents)
     world_names = sorted({m.world for m in mentions})
@@ -166,12 +174,5 @@ def load_zeshel_split(root: str | Path, split: str, tokenizer: PreTrainedTokeniz
     mention_arrays["mention_index"] = np.arange(len(mentions), dtype=np.int32)
     entity_arrays = featurize_entities(tokenizer, table.documents, max_len)
     entity_arrays["entity_world"] = table.world
-    return mention_arrays, entity_arrays, world_names
-
-
-def split_record_ids(root: str | Path, split: str) -> tuple[list[str], list[str]]:
-    """(mention ids in file order, entity document id of each table row) for `load_zeshel_split`'s arrays."""
-    documents = read_documents(root)
-    mentions = read_mentions(root, split, documents)
-    table = EntityTable.for_worlds(documents, sorted({m.world for m in mentions}))
-    return [m.mention_id for m in mentions], [d.document_id for d in table.documents]
+    return ZeshelSplit(mention_arrays, entity_arrays, world_names, [m.mention_id for m in mentions],
+                       [d.document_id for d in table.documents])

@@ -23,7 +23,7 @@ import numpy as np
 from flax import linen as nn
 
 from kipjax.data import candidates
-from kipjax.data.featurize import load_zeshel_split, split_record_ids
+from kipjax.data.featurize import load_zeshel_split
 from kipjax.data.iterator import fixed_size_batches
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.metrics import el as el_metrics
@@ -134,9 +134,9 @@ class HardNCERetrieval(Method):
         self.model = BiEncoder(config, score_kind=score_kind, num_vectors=num_vectors,
                                share_encoders=share_encoders)
 
-        self.train_mentions, self.train_entities, _ = load_zeshel_split(data_dir, train_split, self.tokenizer,
-                                                                        max_len)
-        self.eval_mentions, self.eval_entities, self.eval_worlds = load_zeshel_split(
+        self.train_mentions, self.train_entities, *_ = load_zeshel_split(data_dir, train_split, self.tokenizer,
+                                                                         max_len)
+        self.eval_mentions, self.eval_entities, self.eval_worlds, *_ = load_zeshel_split(
             data_dir, eval_split, self.tokenizer, max_len)
         self.num_train_entities = len(self.train_entities["input_ids"])
         if self.num_train_entities < num_candidates:
@@ -284,8 +284,8 @@ class HardNCERetrieval(Method):
 
     def _split_records(self, split: str) -> tuple[dict, dict, list[str], list[str]]:
         """Featurized mentions and entities of `split`, the mention ids, and the entity document ids by row."""
-        mentions, entities, _ = load_zeshel_split(self.data_dir, split, self.tokenizer, self.max_len)
-        return (mentions, entities, *split_record_ids(self.data_dir, split))
+        s = load_zeshel_split(self.data_dir, split, self.tokenizer, self.max_len)
+        return s.mentions, s.entities, s.mention_ids, s.entity_ids
 
     def write_candidates(self, params: Params, split: str, path: str, k: int = 64) -> None:
         """Writes `candidates_{split}.json` lines `{mention_id, candidates}` (document ids, best first, from the

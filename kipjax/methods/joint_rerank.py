@@ -25,7 +25,7 @@ import numpy as np
 from flax import linen as nn
 
 from kipjax.data import candidates as candidate_files
-from kipjax.data.featurize import load_zeshel_split, split_record_ids
+from kipjax.data.featurize import ZeshelSplit, load_zeshel_split
 from kipjax.data.iterator import fixed_size_batches
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import setup_encoder, with_pretrained_encoders
@@ -47,11 +47,11 @@ def pack_pairs(mention_ids: jax.Array, mention_mask: jax.Array, entity_ids: jax.
     le = entity_ids.shape[2]
     total = mention_ids.shape[1] + le - 1
     mention_len = mention_mask.sum(-1)[:, None, None]  # [B, 1, 1]
-    entity_len = entity_mask.sum(-1)[..., None] - 1  # [B, C, 1], without the entity's [CLS]
+    entity_len = entity_mask.sum(-1)[..., None]  # [B, C, 1], the entity's [CLS] included
     position = jnp.arange(total)[None, None, :]
     from_mention = position < mention_len
-    entity_pos = position - mention_len + 1
-    from_entity = ~from_mention & (entity_pos < entity_len + 1)
+    entity_pos = position - mention_len + 1  # skips the entity's [CLS] at index 0
+    from_entity = ~from_mention & (entity_pos < entity_len)
     mention_tok = mention_ids[:, None, jnp.clip(jnp.arange(total), 0, mention_ids.shape[1] - 1)]  # [B, 1, T]
     entity_tok = jnp.take_along_axis(entity_ids, jnp.clip(entity_pos, 0, le - 1), axis=2)
     input_ids = jnp.where(from_mention, mention_tok, jnp.where(from_entity, entity_tok, 0))
@@ -125,25 +125,20 @@ class JointReranker(Method):
         self.eval_batch_size = eval_batch_size
         side_len = max_len // 2
 
-        self.train_mentions, self.train_entities, _ = load_zeshel_split(data_dir, train_split, self.tokenizer,
-                                                                        side_len)
-        retrieved, found = self._read_candidates(data_dir, candidates_dir, train_split, num_candidates)
+        train = load_zeshel_split(data_dir, train_split, self.tokenizer, side_len)
+        self.train_mentions, self.train_entities = train.mentions, train.entities
+        retrieved, found = _read_candidates(candidates_dir, train_split, train, num_candidates)
         self.train_candidates, self.train_candidate_mask = training_candidates(
             retrieved, found, self.train_mentions["gold_entity"], num_candidates)
 
-        self.eval_mentions, self.eval_entities, self.eval_worlds = load_zeshel_split(
-            data_dir, eval_split, self.tokenizer, side_len)
-        self.eval_candidates, self.eval_candidate_mask = self._read_candidates(
-            data_dir, candidates_dir, eval_split, eval_num_candidates)
+        evaluation = load_zeshel_split(data_dir, eval_split, self.tokenizer, side_len)
+        self.eval_mentions, self.eval_entities, self.eval_worlds = (evaluation.mentions, evaluation.entities,
+                                                                    evaluation.world_names)
+        self.eval_candidates, self.eval_candidate_mask = _read_candidates(candidates_dir, eval_split, evaluation,
+                                                                          eval_num_candidates)
         self._entity_table = {"entity_input_ids": jnp.asarray(self.train_entities["input_ids"]),
                               "entity_attention_mask": jnp.asarray(self.train_entities["attention_mask"])}
         self._jit_scores = jax.jit(self._scores)
-
-    @staticmethod
-    def _read_candidates(data_dir: str, candidates_dir: str, split: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-        mention_ids, entity_ids = split_record_ids(data_dir, split)
-        return candidate_files.read_candidates(candidate_files.candidates_path(candidates_dir, split),
-                                               mention_ids, {d: i for i, d in enumerate(entity_ids)}, k)
 
     # ------------------------------------------------------------------------------------- method contract
 
@@ -209,6 +204,13 @@ class JointReranker(Method):
                 f"candidate_recall@{self.eval_candidates.shape[1]}": float(found.mean())}
 
 
+def _read_candidates(candidates_dir: str, split_name: str, split: ZeshelSplit, k: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The retriever's top-k rows (and validity mask) for the mentions of a loaded split."""
+    return candidate_files.read_candidates(candidate_files.candidates_path(candidates_dir, split_name),
+                                           split.mention_ids, {d: i for i, d in enumerate(split.entity_ids)}, k)
+
+
 def training_candidates(retrieved: np.ndarray, valid: np.ndarray, gold: np.ndarray,
                         num_candidates: int) -> tuple[np.ndarray, np.ndarray]:
     """Gold in column 0, then the retriever's best K-1 non-gold candidates in rank order.
@@ -223,8 +225,8 @@ def training_candidates(retrieved: np.ndarray, valid: np.ndarray, gold: np.ndarr
     negatives = valid & (retrieved != gold[:, None])
     # Stable sort of "is a negative" first keeps the retriever's order among negatives.
     order = np.argsort(~negatives, axis=1, kind="stable")[:, :num_candidates - 1]
-    take = min(order.shape[1], num_candidates - 1)
-    rows[:, 1:1 + take] = np.take_along_axis(retrieved, order, 1)[:, :take]
-    mask[:, 1:1 + take] = np.take_along_axis(negatives, order, 1)[:, :take]
+    take = order.shape[1]  # fewer than K-1 when the retriever listed fewer candidates
+    rows[:, 1:1 + take] = np.take_along_axis(retrieved, order, 1)
+    mask[:, 1:1 + take] = np.take_along_axis(negatives, order, 1)
     rows[:, 1:] = np.where(mask[:, 1:], rows[:, 1:], gold[:, None])  # padding points at a real row
     return rows, mask

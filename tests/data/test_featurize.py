@@ -181,8 +181,10 @@ def test_load_zeshel_split_restricts_entities_to_the_split_worlds(tokenizer, tmp
         json.dumps({"mention_id": i, "context_document_id": c, "start_index": s, "end_index": e,
                     "label_document_id": label, "corpus": w, "category": "LOW_OVERLAP"}) + "\n"
         for i, c, s, e, label, w in mentions))
-    mention_arrays, entity_arrays, world_names = load_zeshel_split(tmp_path, "test", tokenizer, max_len=16)
+    mention_arrays, entity_arrays, world_names, mention_ids, entity_ids = load_zeshel_split(
+        tmp_path, "test", tokenizer, max_len=16)
     assert world_names == ["yank", "zulu"]  # sorted; xray has no test mention, so none of its entities
+    assert mention_ids == ["m1", "m2", "m3"] and entity_ids == ["Y1", "Z1", "Z2"]  # rows named in table order
     assert entity_arrays["entity_world"].tolist() == [0, 1, 1]  # Y1 | Z1 Z2
     assert entity_arrays["input_ids"].shape == (3, 16)
     assert mention_arrays["gold_entity"].tolist() == [1, 0, 2]

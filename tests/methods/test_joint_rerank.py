@@ -11,7 +11,7 @@ import transformers
 
 from kipjax.data import candidates as candidate_files
 from kipjax.data.demo import bundled_demo_dir
-from kipjax.data.featurize import load_zeshel_split, split_record_ids
+from kipjax.data.featurize import load_zeshel_split
 from kipjax.methods.joint_rerank import JointReranker, pack_pairs, training_candidates
 from kipjax.models import hf
 from kipjax.models.bert import BertConfig
@@ -83,8 +83,7 @@ def write_world_candidates(directory, split, k, gold_rank, drop_gold_every=0):
     """Synthetic retriever output: random entities of the mention's world, the gold placed at `gold_rank`
     (or left out for every `drop_gold_every`-th mention)."""
     tokenizer = hf.load_tokenizer(f"{bundled_demo_dir()}/tokenizer")
-    mentions, entities, _ = load_zeshel_split(bundled_demo_dir(), split, tokenizer, 16)
-    mention_ids, entity_ids = split_record_ids(bundled_demo_dir(), split)
+    mentions, entities, _, mention_ids, entity_ids = load_zeshel_split(bundled_demo_dir(), split, tokenizer, 16)
     ranked = np.full((len(mention_ids), k), -1)
     rng = np.random.default_rng(0)
     for i, (gold, world) in enumerate(zip(mentions["gold_entity"], mentions["world"])):
