@@ -169,13 +169,16 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- loop
 
-    def _maybe_start_epoch(self, state: TrainState) -> None:
+    def _maybe_start_epoch(self, state: TrainState) -> bool:
+        """Runs the method's epoch hook at an epoch boundary not yet hooked; returns whether it ran."""
         epoch = self.iterator.state.epoch
         if self.iterator.state.position == 0 and self.hooked_epoch != epoch:
             hook_rng = jax.random.fold_in(jax.random.PRNGKey(self.seed + 1), epoch)
             with partitioning.activate(self.mesh, self.rules):
                 self.method.on_epoch_start(state.params, epoch, hook_rng)
             self.hooked_epoch = epoch
+            return True
+        return False
 
     def _data_state(self) -> dict:
         return {**self.iterator.state.to_json(), "hooked_epoch": self.hooked_epoch}
@@ -208,11 +211,13 @@ class Trainer:
             log.write(0, last)
             print("before training: " + _format_metrics(last), flush=True)
         step_fn = None
+        tables = None
         progress = Progress(self.train_steps, step, self.batch_size)
         while step < self.train_steps:
-            self._maybe_start_epoch(state)
+            # Tables change only in the epoch hook (or on restore): place them on the mesh then, not every step.
+            if self._maybe_start_epoch(state) or tables is None:
+                tables = self.device_tables()
             batch = self.device_batch(next(self.iterator))
-            tables = self.device_tables()
             if step_fn is None:
                 step_fn = self.compile_step(shardings, batch, tables)
             with partitioning.activate(self.mesh, self.rules):

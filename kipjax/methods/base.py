@@ -37,7 +37,8 @@ class Method:
         return {}
 
     def tables(self) -> dict[str, jax.Array]:
-        """Device-resident arrays the loss reads through `batch['tables']`."""
+        """Device-resident arrays the loss reads through `batch['tables']`. The trainer re-reads them only after
+        `on_epoch_start` (and at start or resume), so they may change there and in `load_state_dict` only."""
         return {}
 
     def on_epoch_start(self, params: Params, epoch: int, rng: jax.Array) -> None:
