@@ -30,6 +30,7 @@ from typing import Any, Sequence
 from gin import config_parser
 
 from kipjax import cli
+from kipjax.run_log import atomic_write_text
 
 _CLOSING = {"(": ")", "[": "]", "{": "}"}
 _KEY_RE = re.compile(r"^[A-Za-z_]\w*(?:[./][A-Za-z_]\w*)*$")
@@ -250,11 +251,7 @@ def write_sweep_json(root: str, grid: dict[str, list[str]], runs: Sequence[Run])
     record = {"grid": grid, "runs": [
         {"name": r.name, "bindings": r.bindings, "model_dir": r.model_dir, "command": r.command,
          "exit_code": r.exit_code, "metrics": r.metrics} for r in runs]}
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return path
 
 
