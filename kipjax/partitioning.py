@@ -37,6 +37,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("type_vocab", None),
     ("position", None),
     ("codes", None),
+    ("relpos_buckets", None),  # T5's relative-position bias table rows
     ("layers", None),  # the stacked-layer axis of scanned layers
     # activations
     ("activation_batch", ("data", "fsdp")),

@@ -27,6 +27,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from kipjax.models.bert import BertConfig, BertEncoder
+from kipjax.models.t5 import T5, T5Config
 
 Params = dict[str, Any]
 ParamPath = tuple[str, ...]
@@ -59,27 +60,27 @@ class WeightSpec:
     to_hf: Callable[[Any], Any] = _identity
 
 
-def linear(hf_name: str, path: ParamPath) -> list[WeightSpec]:
+def linear(hf_name: str, path: ParamPath, bias: bool = True) -> list[WeightSpec]:
     """torch Linear (out, in) weight -> (in, out) kernel; bias unchanged."""
-    return [WeightSpec(f"{hf_name}.weight", path + ("kernel",), lambda w: w.T, lambda k: k.T),
-            WeightSpec(f"{hf_name}.bias", path + ("bias",))]
+    specs = [WeightSpec(f"{hf_name}.weight", path + ("kernel",), lambda w: w.T, lambda k: k.T)]
+    return specs + [WeightSpec(f"{hf_name}.bias", path + ("bias",))] if bias else specs
 
 
-def heads_projection(hf_name: str, path: ParamPath, num_heads: int) -> list[WeightSpec]:
+def heads_projection(hf_name: str, path: ParamPath, num_heads: int, bias: bool = True) -> list[WeightSpec]:
     """torch Linear (heads*kv, embed) -> kernel (embed, heads, kv), bias (heads, kv)."""
-    return [WeightSpec(f"{hf_name}.weight", path + ("kernel",),
-                       lambda w: w.T.reshape(w.shape[1], num_heads, -1),
-                       lambda k: k.reshape(k.shape[0], -1).T),
-            WeightSpec(f"{hf_name}.bias", path + ("bias",),
-                       lambda b: b.reshape(num_heads, -1), lambda b: b.reshape(-1))]
+    specs = [WeightSpec(f"{hf_name}.weight", path + ("kernel",),
+                        lambda w: w.T.reshape(w.shape[1], num_heads, -1),
+                        lambda k: k.reshape(k.shape[0], -1).T)]
+    return specs + [WeightSpec(f"{hf_name}.bias", path + ("bias",), lambda b: b.reshape(num_heads, -1),
+                               lambda b: b.reshape(-1))] if bias else specs
 
 
-def heads_output(hf_name: str, path: ParamPath, num_heads: int) -> list[WeightSpec]:
+def heads_output(hf_name: str, path: ParamPath, num_heads: int, bias: bool = True) -> list[WeightSpec]:
     """torch Linear (embed, heads*kv) -> kernel (heads, kv, embed); bias unchanged."""
-    return [WeightSpec(f"{hf_name}.weight", path + ("kernel",),
-                       lambda w: w.T.reshape(num_heads, -1, w.shape[0]),
-                       lambda k: k.reshape(-1, k.shape[-1]).T),
-            WeightSpec(f"{hf_name}.bias", path + ("bias",))]
+    specs = [WeightSpec(f"{hf_name}.weight", path + ("kernel",),
+                        lambda w: w.T.reshape(num_heads, -1, w.shape[0]),
+                        lambda k: k.reshape(-1, k.shape[-1]).T)]
+    return specs + [WeightSpec(f"{hf_name}.bias", path + ("bias",))] if bias else specs
 
 
 def layer_norm(hf_name: str, path: ParamPath) -> list[WeightSpec]:
@@ -110,6 +111,35 @@ def bert_weights(config: BertConfig) -> list[WeightSpec]:
         specs += layer_norm(f"{src}.output.LayerNorm", dst + ("output_norm",))
     if config.add_pooler:
         specs += linear("pooler.dense", ("pooler",))
+    return specs
+
+
+def t5_weights(config: T5Config) -> list[WeightSpec]:
+    """Weight map of transformers' T5ForConditionalGeneration (T5 v1.0 / v1.1, T0, FLAN-T5)."""
+    heads = config.num_heads
+    specs = [*embedding("shared", ("shared",))]
+    for stack in ("encoder", "decoder"):
+        specs.append(WeightSpec(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                                (f"{stack}_position_bias", "embedding")))
+        specs.append(WeightSpec(f"{stack}.final_layer_norm.weight", (f"{stack}_norm", "scale")))
+        sublayers = (("SelfAttention", "attention"),) if stack == "encoder" else (
+            ("SelfAttention", "self_attention"), ("EncDecAttention", "cross_attention"))
+        num_layers = config.num_layers if stack == "encoder" else config.decoder_layers
+        for i in range(num_layers):
+            src, dst = f"{stack}.block.{i}.layer", (f"{stack}_layer_{i}",)
+            for j, (hf_attention, attention) in enumerate(sublayers):
+                for hf_proj, proj in (("q", "query"), ("k", "key"), ("v", "value")):
+                    specs += heads_projection(f"{src}.{j}.{hf_attention}.{hf_proj}", dst + (attention, proj), heads,
+                                              bias=False)
+                specs += heads_output(f"{src}.{j}.{hf_attention}.o", dst + (attention, "out"), heads, bias=False)
+                specs.append(WeightSpec(f"{src}.{j}.layer_norm.weight", dst + (f"{attention}_norm", "scale")))
+            mlp = len(sublayers)
+            inputs = ("wi_0", "wi_1") if config.feed_forward_proj.startswith("gated-") else ("wi",)
+            for name in (*inputs, "wo"):
+                specs += linear(f"{src}.{mlp}.DenseReluDense.{name}", dst + ("mlp", name), bias=False)
+            specs.append(WeightSpec(f"{src}.{mlp}.layer_norm.weight", dst + ("mlp_norm", "scale")))
+    if not config.tie_word_embeddings:
+        specs += linear("lm_head", ("lm_head",), bias=False)
     return specs
 
 
@@ -144,6 +174,7 @@ FAMILIES: dict[str, Family] = {
     "bert": Family(BertConfig, BertEncoder, bert_weights, ("bert.",), _bert_fit_to_weights),
     "roberta": Family(BertConfig, BertEncoder, bert_weights, ("roberta.",), _bert_fit_to_weights),
     "electra": Family(BertConfig, BertEncoder, bert_weights, ("electra.",)),
+    "t5": Family(T5Config, T5, t5_weights),
 }
 
 

@@ -97,11 +97,16 @@ class Embed(nn.Module):
     param_dtype: DType = jnp.float32
     embedding_init: Initializer = nn.initializers.normal(stddev=0.02)
 
-    @nn.compact
+    def setup(self) -> None:
+        self.embedding = self.param("embedding", nn.with_logical_partitioning(self.embedding_init, self.axes),
+                                    (self.num_embeddings, self.features), self.param_dtype)
+
     def __call__(self, ids: Array) -> Array:
-        table = self.param("embedding", nn.with_logical_partitioning(self.embedding_init, self.axes),
-                           (self.num_embeddings, self.features), self.param_dtype)
-        return jnp.take(table, ids, axis=0).astype(self.dtype)
+        return jnp.take(self.embedding, ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: Array) -> Array:
+        """Logits of `x` against every row: the tied output projection of T5 v1.0-style language models."""
+        return jnp.einsum("...e,ve->...v", x.astype(self.dtype), self.embedding.astype(self.dtype))
 
 
 class LayerNorm(nn.Module):
@@ -167,18 +172,41 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array | None = None, bias: Array | None = None,
-                 deterministic: bool = True) -> Array:
+                 deterministic: bool = True, cache: str | None = None) -> Array:
+        """`cache` selects incremental decoding (variables in the `cache` collection):
+
+        - "self": keys/values of `inputs_q` are written into a (batch, max_length, kv_heads, head_dim) cache at
+          its running index and attention reads the whole cache, so `bias` must mask positions not yet
+          written. Initialising with `max_length` query positions sizes the cache; decoding then feeds one
+          (or a few) positions per call.
+        - "cross_fill": keys/values of `inputs_kv` (the encoder output) are computed once and stored.
+        - "cross": the stored keys/values are used and `inputs_kv` is ignored (may be None).
+        """
         kv_heads = self.num_kv_heads or self.num_heads
         if self.num_heads % kv_heads:
             raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={kv_heads}")
         groups = self.num_heads // kv_heads
-        inputs_kv = inputs_q if inputs_kv is None else inputs_kv
         dense = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
                      kernel_init=self.kernel_init)
         head_axes = ("embed", "heads", "kv")
         q = Dense((self.num_heads, self.head_dim), head_axes, name="query", **dense)(inputs_q)
-        k = Dense((kv_heads, self.head_dim), head_axes, name="key", **dense)(inputs_kv)
-        v = Dense((kv_heads, self.head_dim), head_axes, name="value", **dense)(inputs_kv)
+        key_proj = Dense((kv_heads, self.head_dim), head_axes, name="key", **dense)
+        value_proj = Dense((kv_heads, self.head_dim), head_axes, name="value", **dense)
+        if cache == "cross":
+            k = self.get_variable("cache", "cross_key")
+            v = self.get_variable("cache", "cross_value")
+            if k is None:
+                raise ValueError("cache='cross' before the cross-attention cache was filled (cache='cross_fill')")
+        else:
+            inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+            k, v = key_proj(inputs_kv), value_proj(inputs_kv)
+        if cache == "cross_fill":
+            self.put_variable("cache", "cross_key", k)
+            self.put_variable("cache", "cross_value", v)
+        elif cache == "self":
+            k, v = self._update_self_cache(k, v)
+        elif cache not in (None, "cross"):
+            raise ValueError(f"cache must be None, 'self', 'cross_fill' or 'cross', got {cache!r}")
         q, k, v = (constrain(t, BATCH_LENGTH_HEADS_KV) for t in (q, k, v))
 
         batch, q_len = q.shape[:2]
@@ -195,3 +223,18 @@ class MultiHeadAttention(nn.Module):
         out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v.astype(self.dtype))
         out = constrain(out.reshape(batch, q_len, self.num_heads, self.head_dim), BATCH_LENGTH_HEADS_KV)
         return Dense(inputs_q.shape[-1], ("heads", "kv", "embed"), contract_dims=2, name="out", **dense)(out)
+
+    def _update_self_cache(self, k: Array, v: Array) -> tuple[Array, Array]:
+        """Writes this call's keys/values at the cache index and returns the full cache (see `__call__`)."""
+        initialized = self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
+        if not initialized:  # the init call only sizes the cache
+            return k, v
+        start = (0, index.value, 0, 0)
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k.astype(cached_key.value.dtype), start)
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v.astype(cached_value.value.dtype),
+                                                          start)
+        index.value = index.value + k.shape[1]
+        return cached_key.value, cached_value.value

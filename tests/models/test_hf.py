@@ -15,18 +15,10 @@ from flax import linen as nn
 
 from kipjax.models import hf
 from kipjax.models.bert import BertConfig, BertEncoder
+from torch_init import randomized
 
 TINY = dict(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
             max_position_embeddings=40)
-
-
-def randomized(model: torch.nn.Module) -> torch.nn.Module:
-    """Random values everywhere, so a misplaced LayerNorm or bias cannot go unnoticed."""
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.2 + (1.0 if "LayerNorm.weight" in name else 0.0))
-    return model.eval()
 
 
 INPUTS = {"input_ids": np.array([[2, 7, 9, 11, 3, 0], [2, 5, 3, 0, 0, 0]]),
