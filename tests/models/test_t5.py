@@ -9,6 +9,7 @@ import safetensors.torch
 import torch
 import transformers
 
+from kipjax import decoding
 from kipjax.models import hf
 from kipjax.models.t5 import T5, T5Config, relative_position_bucket
 from torch_init import randomized
@@ -30,14 +31,15 @@ TARGET = np.array([[0, 12, 17, 4, 60, 2, 9, 33, 1, 5, 7, 8],
                    [0, 70, 3, 3, 3, 18, 44, 52, 61, 2, 11, 1]])
 
 
-def torch_t5(style: str) -> torch.nn.Module:
+def torch_t5(style: str, **overrides) -> torch.nn.Module:
     """A random transformers T5 with the style's semantics.
 
     transformers 5.x forces `tie_word_embeddings=True` and output scaling on every T5Config it builds, even
     from a v1.1 config.json that says `false` (real FLAN-T5 / T0 checkpoints do); so the v1.1 reference gets
     its own LM head and unscaled outputs set by hand, which is what those checkpoints were trained with.
     """
-    config = transformers.T5Config(**TINY, feed_forward_proj=STYLES[style]["feed_forward_proj"], dropout_rate=0.0)
+    config = transformers.T5Config(**{**TINY, **overrides}, feed_forward_proj=STYLES[style]["feed_forward_proj"],
+                                   dropout_rate=0.0)
     model = transformers.T5ForConditionalGeneration(config)
     if not STYLES[style]["tie_word_embeddings"]:
         model.config.scale_decoder_outputs = False
@@ -132,3 +134,39 @@ def test_config_round_trips_through_the_hf_dict():
     assert hf_config.is_gated_act and hf_config.dense_act_fn == "gelu_new"
     with pytest.raises(ValueError, match="feed_forward_proj"):
         T5Config(**TINY, feed_forward_proj="swish")
+
+
+def test_cached_beam_search_matches_transformers_generate(tmp_path):
+    torch_model = torch_t5("v1.0", num_decoder_layers=TINY["num_layers"])  # generate's cache needs equal stacks
+    save_like_the_hub(torch_model, "v1.0", tmp_path)
+    model, params = hf.load_pretrained(tmp_path)
+    beams, max_length = 3, 7
+    with torch.no_grad():
+        expected = torch_model.generate(
+            input_ids=torch.from_numpy(SOURCE), attention_mask=torch.from_numpy(SOURCE_MASK), num_beams=beams,
+            num_return_sequences=beams, max_new_tokens=max_length, length_penalty=1.0, early_stopping=False,
+            do_sample=False, return_dict_in_generate=True, output_scores=True)
+    expected_seqs = expected.sequences.numpy().reshape(SOURCE.shape[0], beams, -1)[:, :, 1:]  # drop the start
+    expected_scores = expected.sequences_scores.numpy().reshape(SOURCE.shape[0], beams)
+
+    source, mask = jnp.asarray(SOURCE), jnp.asarray(SOURCE_MASK)
+
+    @jax.jit
+    def search(params):
+        encoded = decoding.repeat_for_beams(model.apply({"params": params}, source, mask, method=T5.encode), beams)
+        beam_mask = decoding.repeat_for_beams(mask, beams)
+        _, state = model.apply({"params": params}, encoded, beam_mask, max_length, method=T5.prepare_cache,
+                               mutable=["cache"])
+
+        def step(cache, tokens):
+            logits, state = model.apply({"params": params, "cache": cache}, tokens[:, None], beam_mask, max_length,
+                                        method=T5.decode_step, mutable=["cache"])
+            return logits[:, 0], state["cache"]
+
+        return decoding.beam_search(step, state["cache"], batch_size=SOURCE.shape[0], beam_size=beams,
+                                    max_length=max_length, start_token=0, eos_token=1)
+
+    out = search(params)
+    got = np.asarray(out.sequences)[:, :, :expected_seqs.shape[-1]]
+    np.testing.assert_array_equal(got, expected_seqs)
+    np.testing.assert_allclose(np.asarray(out.scores), expected_scores, atol=1e-4)
