@@ -29,7 +29,7 @@ def test_train_step_benchmark_runs_both_frameworks_from_the_same_weights(tmp_pat
     bench = load("train_step_benchmark")
     result = bench.main(["--layers=1", "--hidden=32", "--heads=2", "--intermediate=64", "--seq_len=16",
                          "--num_candidates=3", "--batch_size=2", "--vocab_size=2000", "--steps=1", "--warmup=0",
-                         "--matmul_sizes=64", "--matmul_repeats=1", "--dropout=0.0",
+                         "--matmul_sizes=64", "--matmul_repeats=1", "--dropout=0.0", "--rounds=1",
                          f"--out={tmp_path / 'r.json'}"])
     assert result["kipjax_eval_loss"] == pytest.approx(result["torch_eval_loss"], abs=1e-4)
     assert result["kipjax"]["median_s"] > 0 and result["torch"]["median_s"] > 0
