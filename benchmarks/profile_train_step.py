@@ -35,7 +35,7 @@ def classify_ops(hlo_text: str) -> dict[str, tuple[str, float]]:
                     for m in re.finditer(r"\n(%?[\w.\-]+) \([^\n]*\{\n(.*?)\n\}", hlo_text, re.S)}
     entry = hlo_text[hlo_text.index("ENTRY"):]
     ops = {}
-    for m in re.finditer(r"^\s*%?([\w.\-]+) = (\S+) (\w+)\((.*)$", entry, re.M):
+    for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) (\w+)\((.*)$", entry, re.M):
         name, _, opcode, rest = m.groups()
         called = re.search(r"calls=%?([\w.\-]+)", rest)
         body = computations.get(called.group(1), "") if called else m.group(0)

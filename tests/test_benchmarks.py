@@ -54,3 +54,39 @@ def test_mining_benchmark_times_encoding_and_mining():
                          "--chunk_size=32", "--repeats=1"])
     assert result["encode_seconds"] > 0 and result["mine_seconds"] > 0
     assert result["overhead"] == pytest.approx(result["mine_seconds"] / result["encode_seconds"] - 1)
+
+
+HLO = """HloModule jit_step
+
+%fused_computation (param_0: f32[4,8], param_1: f32[8,3]) -> f32[4,3] {
+  %param_0 = f32[4,8]{1,0} parameter(0)
+  %param_1 = f32[8,3]{1,0} parameter(1)
+  ROOT %dot.1 = f32[4,3]{1,0} dot(%param_0, %param_1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%fused_batched (param_0: f32[2,4,8], param_1: f32[2,8,3]) -> f32[2,4,3] {
+  %param_0 = f32[2,4,8]{2,1,0} parameter(0)
+  %param_1 = f32[2,8,3]{2,1,0} parameter(1)
+  ROOT %dot.2 = f32[2,4,3]{2,1,0} dot(%param_0, %param_1), lhs_batch_dims={0}, lhs_contracting_dims={2}, rhs_batch_dims={0}, rhs_contracting_dims={1}
+}
+
+ENTRY %main (a: f32[4,8], b: f32[8,3]) -> f32[4,3] {
+  %a = f32[4,8]{1,0} parameter(0)
+  %ynn_fusion.3 = f32[4,3]{1,0} fusion(%a, %b), kind=kCustom, calls=%fused_computation
+  %ynn_fusion.4 = f32[2,4,3]{2,1,0} fusion(%c, %d), kind=kCustom, calls=%fused_batched
+  ROOT %copy_bitcast_fusion.2 = f32[4,3]{1,0} fusion(%ynn_fusion.3), kind=kLoop, calls=%fused_computation.9
+}
+"""
+
+
+def test_profile_breakdown_classes_ops_and_counts_matmul_flops():
+    profile = load("profile_train_step")
+    ops = profile.classify_ops(HLO)
+    assert ops["ynn_fusion.3"] == ("matmul, 2-D", 2 * 4 * 3 * 8)
+    assert ops["ynn_fusion.4"] == ("matmul, batched (attention)", 2 * 2 * 4 * 3 * 8)
+    assert ops["copy_bitcast_fusion.2"] == ("copy_bitcast_fusion", 0.0)
+    rows = profile.breakdown(ops, {"ynn_fusion.3": 0.5, "ynn_fusion.4": 0.5, "copy_bitcast_fusion.2": 1.0,
+                                   "ThunkExecutor::Execute": 9.0})
+    assert [r["category"] for r in rows] == ["copy_bitcast_fusion", "matmul, 2-D", "matmul, batched (attention)"]
+    assert rows[0]["share"] == pytest.approx(0.5) and rows[0]["gflops_per_s"] is None
+    assert rows[1]["gflops_per_s"] == pytest.approx(2 * 4 * 3 * 8 / 0.5 / 1e9)
