@@ -144,13 +144,15 @@ class _ConllDocumentState:
         all_placeholders = all(s in PLACEHOLDER_SPEAKERS for sentence in speakers for s in sentence)
         return CorefDocument(
             doc_key=self.doc_key, sentences=sentences,
-            clusters=_canonical([c for c in self.clusters.values() if c]),
+            clusters=canonical(self.clusters.values()),
             speakers=None if not self.has_speaker_column or all_placeholders else speakers)
 
 
-def _canonical(clusters: Iterable[Iterable[Span]]) -> list[list[Span]]:
-    """Mentions sorted within each cluster, clusters sorted by their first mention: one order per annotation."""
-    return sorted(sorted(cluster) for cluster in clusters)
+def canonical(clusters: Iterable[Iterable[Sequence[int]]]) -> list[list[Span]]:
+    """Distinct spans sorted within each cluster, empty clusters dropped, clusters sorted: one form per
+    annotation, so predictions and gold compare with `==`."""
+    sorted_clusters = (sorted({(int(start), int(end)) for start, end in cluster}) for cluster in clusters)
+    return sorted(cluster for cluster in sorted_clusters if cluster)
 
 
 def _doc_key(header: re.Match, where: str) -> str:
