@@ -134,7 +134,7 @@ def t5_weights(config: T5Config) -> list[WeightSpec]:
                 specs += heads_output(f"{src}.{j}.{hf_attention}.o", dst + (attention, "out"), heads, bias=False)
                 specs.append(WeightSpec(f"{src}.{j}.layer_norm.weight", dst + (f"{attention}_norm", "scale")))
             mlp = len(sublayers)
-            inputs = ("wi_0", "wi_1") if config.feed_forward_proj.startswith("gated-") else ("wi",)
+            inputs = ("wi_0", "wi_1") if config.is_gated else ("wi",)
             for name in (*inputs, "wo"):
                 specs += linear(f"{src}.{mlp}.DenseReluDense.{name}", dst + ("mlp", name), bias=False)
             specs.append(WeightSpec(f"{src}.{mlp}.layer_norm.weight", dst + ("mlp_norm", "scale")))

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+from flax import struct
 
 from kipjax.models import layers
 
@@ -62,6 +63,15 @@ class T5Config:
             raise ValueError(f"model_type {self.model_type!r} is not 't5'")
 
     @property
+    def is_gated(self) -> bool:
+        return self.feed_forward_proj.startswith("gated-")
+
+    @property
+    def activation(self) -> str:
+        """The MLP activation by its Hugging Face name; v1.1's "gated-gelu" is the tanh approximation."""
+        return self.feed_forward_proj.split("-")[-1].replace("gelu", "gelu_new")
+
+    @property
     def decoder_layers(self) -> int:
         return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
 
@@ -75,10 +85,8 @@ class T5Config:
     def to_hf_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in _HF_FIELDS}
         d["num_decoder_layers"] = self.decoder_layers
-        is_gated = self.feed_forward_proj.startswith("gated-")
         d.update(model_type="t5", architectures=["T5ForConditionalGeneration"], is_encoder_decoder=True,
-                 dense_act_fn=self.feed_forward_proj.split("-")[-1].replace("gelu", "gelu_new"),
-                 is_gated_act=is_gated)
+                 dense_act_fn=self.activation, is_gated_act=self.is_gated)
         return d
 
 
@@ -162,8 +170,8 @@ class FeedForward(nn.Module):
         cfg = self.config
         dense = dict(use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                      kernel_init=nn.initializers.normal(cfg.d_model ** -0.5))
-        act = layers.activation_fn(cfg.feed_forward_proj.split("-")[-1].replace("gelu", "gelu_new"))
-        if cfg.feed_forward_proj.startswith("gated-"):
+        act = layers.activation_fn(cfg.activation)
+        if cfg.is_gated:
             h = act(layers.Dense(cfg.d_ff, ("embed", "mlp"), name="wi_0", **dense)(x))
             h = h * layers.Dense(cfg.d_ff, ("embed", "mlp"), name="wi_1", **dense)(x)
         else:
@@ -217,7 +225,7 @@ class DecoderBlock(nn.Module):
         return layers.constrain(x + dropout(h, deterministic), layers.BATCH_LENGTH_EMBED)
 
 
-@dataclasses.dataclass(frozen=True)
+@struct.dataclass
 class Seq2SeqOutput:
     logits: Array
     encoder_last_hidden_state: Array

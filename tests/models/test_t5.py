@@ -69,9 +69,10 @@ def hf_checkpoint(request, tmp_path_factory):
     return request.param, path, logits
 
 
-def kipjax_logits(model: T5, params, **overrides) -> np.ndarray:
-    out = model.apply({"params": params}, input_ids=jnp.asarray(SOURCE), attention_mask=jnp.asarray(SOURCE_MASK),
-                      decoder_input_ids=jnp.asarray(TARGET), **overrides)
+def kipjax_logits(model: T5, params, jit: bool = False) -> np.ndarray:
+    apply = jax.jit(model.apply) if jit else model.apply  # jit: the output must be a pytree
+    out = apply({"params": params}, input_ids=jnp.asarray(SOURCE), attention_mask=jnp.asarray(SOURCE_MASK),
+                decoder_input_ids=jnp.asarray(TARGET))
     return np.asarray(out.logits)
 
 
@@ -80,6 +81,7 @@ def test_logits_match_transformers(hf_checkpoint):
     model, params = hf.load_pretrained(path)
     assert isinstance(model, T5)
     np.testing.assert_allclose(kipjax_logits(model, params), expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(kipjax_logits(model, params, jit=True), expected, atol=1e-4, rtol=0)
 
 
 def test_export_round_trips(hf_checkpoint, tmp_path):
