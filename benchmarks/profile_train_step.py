@@ -90,15 +90,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump} --xla_dump_hlo_pass_re=NONE"
     import jax
     import jax.numpy as jnp
-    import optax
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import train_step_benchmark as bench
-    from kipjax.methods.hard_nce import BiEncoder
 
     bargs = bench.parse_args([f"--dropout={args.dropout}", *bench_argv])
-    model, optimizer = BiEncoder(bench.bert_config(bargs)), optax.adam(bench.LEARNING_RATE)
-    state = jax.jit(lambda: bench.kipjax_init(model, optimizer, bargs.seed, bargs.seq_len))()
+    model, optimizer, state = bench.kipjax_setup(bargs, bench.bert_config(bargs))
     batch = {k: jnp.asarray(v) for k, v in bench.token_batch(bargs).items()}
     step = jax.jit(bench.kipjax_train_step(model, optimizer), donate_argnums=0)
     for _ in range(2):  # compile, then one warm step

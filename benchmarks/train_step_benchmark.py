@@ -264,11 +264,17 @@ def run_memory_only(args: argparse.Namespace, config: BertConfig) -> dict[str, A
     return {"memory": memory}
 
 
-def time_kipjax(args: argparse.Namespace, config: BertConfig) -> dict[str, Any]:
-    """Compiles the kipjax step, times it, then measures XLA's matmul peak (the MFU denominator) here too."""
+def kipjax_setup(args: argparse.Namespace, config: BertConfig) -> tuple[BiEncoder, optax.GradientTransformation,
+                                                                         tuple]:
+    """The model, Adam and the initial (params, opt_state, rng): the same weights in every process of a run."""
     model = BiEncoder(config)
     optimizer = optax.adam(LEARNING_RATE)
-    state = jax.jit(lambda: kipjax_init(model, optimizer, args.seed, args.seq_len))()
+    return model, optimizer, jax.jit(lambda: kipjax_init(model, optimizer, args.seed, args.seq_len))()
+
+
+def time_kipjax(args: argparse.Namespace, config: BertConfig) -> dict[str, Any]:
+    """Compiles the kipjax step, times it, then measures XLA's matmul peak (the MFU denominator) here too."""
+    model, optimizer, state = kipjax_setup(args, config)
     batch = {k: jnp.asarray(v) for k, v in token_batch(args).items()}
     start = time.perf_counter()
     compiled = jax.jit(kipjax_train_step(model, optimizer), donate_argnums=0).lower(state, batch).compile()
@@ -293,7 +299,7 @@ def time_torch(args: argparse.Namespace, config: BertConfig) -> dict[str, Any]:
     # XLA flushes subnormal floats to zero; PyTorch on CPU computes with them, and once Adam's moments decay into
     # the subnormal range its steps slow down step after step (measured here: 1.7 s -> 37 s within 8 steps).
     torch.set_flush_denormal(True)
-    params = jax.jit(lambda: kipjax_init(BiEncoder(config), optax.adam(LEARNING_RATE), args.seed, args.seq_len))()[0]
+    params = kipjax_setup(args, config)[2][0]
     model = TorchDualEncoder(config, params, compute_threads(), LEARNING_RATE)
     batch = {k: torch.from_numpy(v.astype(np.int64)) for k, v in token_batch(args).items()}
     for _ in range(args.warmup):
@@ -320,8 +326,7 @@ def same_weights_losses(args: argparse.Namespace, config: BertConfig) -> dict[st
     """Eval-mode losses of both frameworks on the batch from the same weights: they compute the same function."""
     import torch
 
-    model = BiEncoder(config)
-    params = jax.jit(lambda: kipjax_init(model, optax.adam(LEARNING_RATE), args.seed, args.seq_len))()[0]
+    model, _, (params, _, _) = kipjax_setup(args, config)
     host_batch = token_batch(args)
     batch = {k: jnp.asarray(v) for k, v in host_batch.items()}
     kipjax_loss = nce.nce_loss(model.apply({"params": params}, batch["mention_ids"], batch["mention_mask"],
