@@ -162,8 +162,9 @@ class FullLinearizationConstraint:
             in_identity, identity_length = state.in_identity, state.identity_length
             special = opens | closes
         copied = ~special & (tokens != sym.eos)
-        open_starts = state.open_starts.at[rows, jnp.minimum(state.depth, self.max_depth - 1)].set(
-            jnp.where(opens, state.position, state.open_starts[rows, jnp.minimum(state.depth, self.max_depth - 1)]))
+        slot = jnp.minimum(state.depth, self.max_depth - 1)
+        open_starts = state.open_starts.at[rows, slot].set(jnp.where(opens, state.position,
+                                                                     state.open_starts[rows, slot]))
         depth = state.depth + opens.astype(jnp.int32) - closes.astype(jnp.int32)
         return dataclasses.replace(state, position=state.position + copied.astype(jnp.int32), open_starts=open_starts,
                                    depth=depth, in_identity=in_identity, identity_length=identity_length,
