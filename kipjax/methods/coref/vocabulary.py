@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from kipjax.data.markers import ensure_special_tokens
 from kipjax.methods.coref.linearize import Symbols
 from kipjax.models.t5 import T5Config
 from kipjax.models.vocab import grow_embedding_rows
@@ -30,11 +31,7 @@ def cluster_end_token(label: int) -> str:
 def add_coref_tokens(tokenizer: PreTrainedTokenizerBase, max_clusters: int = 0) -> Symbols[int]:
     """Adds the symbols (and `</m_0> .. </m_{max_clusters-1}>` for integer-free runs) as special tokens where
     missing; returns them as ids, with cluster numbers written and read through the tokenizer."""
-    wanted = [*FIXED_SYMBOLS.values(), *(cluster_end_token(k) for k in range(max_clusters))]
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in wanted if t not in vocab]
-    if missing:
-        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    ensure_special_tokens(tokenizer, [*FIXED_SYMBOLS.values(), *(cluster_end_token(k) for k in range(max_clusters))])
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in FIXED_SYMBOLS.items()}
     ends = [tokenizer.convert_tokens_to_ids(cluster_end_token(k)) for k in range(max_clusters)]
     end_index = {token_id: k for k, token_id in enumerate(ends)}
