@@ -1,8 +1,9 @@
-"""Constrained decoding of full linearizations (appendix E.1): a `kipjax.decoding.Constraint` in pure JAX.
+"""Constrained decoding of linearizations (appendix E.1): `kipjax.decoding.Constraint`s in pure JAX.
 
-Each beam row carries a small state: the position of the next source token, the stack of open mentions
-(each one's first source position), whether a cluster identity is being written and how many of its tokens,
-and (integer-free) how many clusters exist. The allowed set follows the appendix's three states:
+`FullLinearizationConstraint` (E.1.1, E.1.3): each beam row carries a small state: the position of the next
+source token, the stack of open mentions (each one's first source position), whether a cluster identity is
+being written and how many of its tokens, and (integer-free) how many clusters exist. The allowed set follows
+the appendix's three states:
 
 - outside a mention: the next source token, `<m>`, or end-of-sequence once the whole source is copied;
 - inside a mention: the next source token, `<m>`, and the mention's close (`|` with integer identities, one
@@ -14,6 +15,10 @@ mentions nest at most `max_depth` deep, and a row only opens a mention (or write
 number) while the steps left before the decoder's `max_length` still suffice to close everything and copy the
 rest of the source; so no hypothesis is cut off half-written. With copy actions the model scores `<c>`, so the next source token takes `<c>`'s
 logit and `<c>` itself is masked; integer-free, `</m_{l}>` (a new cluster) takes `<new>`'s logit likewise.
+
+`PartialLinearizationConstraint` (E.1.2) does the same for partial linearizations with sentence markers,
+where the source position is unknown and only the current sentence's tokens can be enforced (its docstring).
+
 Masks are built with one pass over the vocabulary per step: linear in its size, no Python per token.
 """
 from __future__ import annotations
@@ -29,8 +34,16 @@ from kipjax.decoding import NEG_INF
 from kipjax.methods.coref.linearize import Symbols
 
 Array = jax.Array
+_INTEGER_CLOSE_COST = 3  # `| digit </m>`: the fewest tokens that close a mention with an integer identity
 
 
+def _pytree(cls: type) -> type:
+    """Registers a state dataclass as a pytree of arrays, so beam search can gather and carry it."""
+    jax.tree_util.register_dataclass(cls, data_fields=[f.name for f in dataclasses.fields(cls)], meta_fields=[])
+    return cls
+
+
+@_pytree
 @dataclasses.dataclass(frozen=True)
 class CorefState:
     source: Array  # [N, S] source token ids (padded)
@@ -44,8 +57,47 @@ class CorefState:
     steps_left: Array  # [N] tokens the decoder may still emit (its max_length minus those emitted)
 
 
-jax.tree_util.register_dataclass(CorefState, data_fields=[f.name for f in dataclasses.fields(CorefState)],
-                                 meta_fields=[])
+@_pytree
+@dataclasses.dataclass(frozen=True)
+class PartialCorefState:
+    sentence_of: Array  # [N, S] sentence index of each source token, -1 at sentence markers and padding
+    source: Array  # [N, S] source token ids, sentence markers included (padded)
+    num_sentences: Array  # [N] sentences in the source
+    sentence: Array  # [N] `<sentence>` emitted so far: the current (or last closed) sentence is sentence - 1
+    in_sentence: Array  # [N] bool: between `<sentence>` and `</sentence>`
+    depth: Array  # [N] open mentions whose `|` is still to come
+    just_opened: Array  # [N] bool: the last token was `<m>`, so the innermost mention has no token yet
+    in_identity: Array  # [N] bool: between `|` and `</m>`
+    identity_length: Array  # [N]
+    steps_left: Array  # [N] tokens the decoder may still emit (its max_length minus those emitted)
+
+
+def _identity_need(state: CorefState | PartialCorefState) -> Array:
+    """Fewest tokens that finish a cluster identity being written: a digit (if none yet) and `</m>`."""
+    return jnp.where(state.in_identity, jnp.where(state.identity_length > 0, 1, 2), 0)
+
+
+def _allow_identity(mask: Array, state: CorefState | PartialCorefState, slack: Array, symbols: Symbols[int],
+                    integer_tokens: Sequence[int], max_identity_tokens: int) -> Array:
+    """Inside a cluster identity: integer tokens (a second or later one only while slack and the cap allow it,
+    so a number never runs past `max_length`), and `</m>` after at least one."""
+    integers = np.zeros(mask.shape[1], bool)
+    integers[list(integer_tokens)] = True
+    more_digits = (state.identity_length == 0) | ((state.identity_length < max_identity_tokens) & (slack >= 1))
+    mask = mask | (jnp.asarray(integers)[None] & (state.in_identity & more_digits)[:, None])
+    rows = jnp.arange(mask.shape[0])
+    return mask.at[rows, symbols.mention_end].max(state.in_identity & (state.identity_length > 0))
+
+
+def _advance_identity(state: CorefState | PartialCorefState, tokens: Array,
+                      symbols: Symbols[int]) -> tuple[Array, Array, Array]:
+    """(closes, in_identity, identity_length) after `tokens`: `|` starts an identity, `</m>` ends it, and any
+    other token in between is one of its digits."""
+    closes = (tokens == symbols.separator) & ~state.in_identity
+    identity_token = state.in_identity & (tokens != symbols.mention_end)
+    in_identity = jnp.where(closes, True, jnp.where(tokens == symbols.mention_end, False, state.in_identity))
+    identity_length = jnp.where(closes, 0, state.identity_length + identity_token.astype(jnp.int32))
+    return closes, in_identity, identity_length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,12 +135,11 @@ class FullLinearizationConstraint:
 
     def _close_cost(self) -> int:
         """Tokens that close an open mention: `| digit </m>`, or one `</m_l>`."""
-        return 3 if self.identity == "after" else 1
+        return _INTEGER_CLOSE_COST if self.identity == "after" else 1
 
     def _slack(self, state: CorefState) -> Array:
         """Steps left beyond the fewest that finish the row: copy the rest, close every mention, emit EOS."""
-        identity_need = jnp.where(state.in_identity, jnp.where(state.identity_length > 0, 1, 2), 0)
-        need = (state.source_length - state.position) + state.depth * self._close_cost() + identity_need + 1
+        need = (state.source_length - state.position) + state.depth * self._close_cost() + _identity_need(state) + 1
         return state.steps_left - need
 
     def _cluster_end_ids(self) -> Array:
@@ -111,12 +162,7 @@ class FullLinearizationConstraint:
         slack = self._slack(state)
         mask = jnp.zeros((rows.shape[0], self.vocab_size), bool)
         if self.identity == "after":
-            integers = np.zeros(self.vocab_size, bool)
-            integers[list(self.integer_tokens)] = True
-            more_digits = (state.identity_length == 0) | ((state.identity_length < self.max_identity_tokens)
-                                                          & (slack >= 1))
-            mask = mask | (jnp.asarray(integers)[None] & (state.in_identity & more_digits)[:, None])
-            mask = mask.at[rows, sym.mention_end].max(state.in_identity & (state.identity_length > 0))
+            mask = _allow_identity(mask, state, slack, sym, self.integer_tokens, self.max_identity_tokens)
             mask = mask.at[rows, sym.separator].max(writing & can_close)
         else:
             ends = self._cluster_end_ids()
@@ -147,10 +193,7 @@ class FullLinearizationConstraint:
         rows = jnp.arange(tokens.shape[0])
         opens = (tokens == sym.mention_start) & ~state.in_identity
         if self.identity == "after":
-            closes = (tokens == sym.separator) & ~state.in_identity
-            identity_token = state.in_identity & (tokens != sym.mention_end)
-            in_identity = jnp.where(closes, True, jnp.where(tokens == sym.mention_end, False, state.in_identity))
-            identity_length = jnp.where(closes, 0, state.identity_length + identity_token.astype(jnp.int32))
+            closes, in_identity, identity_length = _advance_identity(state, tokens, sym)
             num_clusters = state.num_clusters
             special = opens | closes | state.in_identity
         else:
@@ -169,3 +212,99 @@ class FullLinearizationConstraint:
         return dataclasses.replace(state, position=state.position + copied.astype(jnp.int32), open_starts=open_starts,
                                    depth=depth, in_identity=in_identity, identity_length=identity_length,
                                    num_clusters=num_clusters, steps_left=state.steps_left - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class PartialLinearizationConstraint:
+    """Appendix E.1.2: partial linearization with sentence markers, integer identities after the mention and
+    token actions (copy actions cannot skip the gaps between mentions).
+
+    The source is `mark_sentences(sentences)`, the output `<sentence> (mentions of sentence i) </sentence>` for
+    every sentence i, then EOS. Allowed next tokens:
+
+    - between sentences: `<sentence>` while source sentences remain, EOS after the last;
+    - inside sentence i, outside a mention: any token of source sentence i, `<m>` and `</sentence>`;
+    - inside a mention: tokens of sentence i, `<m>`, and `|` once the innermost mention has a token;
+    - inside a cluster identity: integer tokens, then `</m>` after at least one.
+
+    Deviations from the appendix's text, so that every output parses as an annotation: `</sentence>` is not
+    allowed inside a mention or an identity (the sentence would end with a mention left open, which the parser
+    drops), nor are sentence tokens inside an identity (they would be read as its digits); `<m>` needs a
+    non-empty sentence, and EOS comes only after the last sentence. As in the full constraint, mentions nest
+    at most `max_depth` deep, a number has at most `max_identity_tokens` tokens, and the optional tokens (a
+    sentence token that no open mention needs, `<m>`, a further digit) are allowed only while the steps left
+    still suffice to close every mention and sentence, and write the remaining empty sentences and EOS. So
+    with `max_length >= 2 * sentences + 1`, every hypothesis ends with EOS within `max_length`, one sentence
+    group per source sentence, each mention closed with an identity inside its sentence.
+    """
+
+    symbols: Symbols[int]
+    vocab_size: int
+    integer_tokens: Sequence[int]
+    max_depth: int = 8
+    max_identity_tokens: int = 4
+
+    def __post_init__(self) -> None:
+        if not self.integer_tokens:
+            raise ValueError("integer identities need integer_tokens (the ids cluster numbers are written with)")
+
+    def init_state(self, source: Array, source_length: Array, max_length: int) -> PartialCorefState:
+        """State of rows decoding `source` [N, S] (sentence-marked, first `source_length` ids real) within
+        `max_length` tokens; each source token's sentence is its count of `<sentence>` markers so far."""
+        rows, width = source.shape
+        source = source.astype(jnp.int32)
+        real = jnp.arange(width)[None, :] < source_length[:, None]
+        starts = real & (source == self.symbols.sentence_start)
+        opened = jnp.cumsum(starts, axis=1)
+        closed = jnp.cumsum(real & (source == self.symbols.sentence_end), axis=1)
+        content = real & ~starts & (opened > closed)
+        zeros = jnp.zeros((rows,), jnp.int32)
+        return PartialCorefState(sentence_of=jnp.where(content, opened - 1, -1).astype(jnp.int32), source=source,
+                                 num_sentences=opened[:, -1].astype(jnp.int32), sentence=zeros,
+                                 in_sentence=jnp.zeros((rows,), bool), depth=zeros,
+                                 just_opened=jnp.zeros((rows,), bool), in_identity=jnp.zeros((rows,), bool),
+                                 identity_length=zeros, steps_left=jnp.full((rows,), max_length, jnp.int32))
+
+    def _slack(self, state: PartialCorefState) -> Array:
+        """Steps left beyond the fewest that finish the row: a token for a mention just opened, close every
+        mention and the current sentence, write each remaining sentence empty, emit EOS."""
+        need = (state.just_opened.astype(jnp.int32) + state.depth * _INTEGER_CLOSE_COST + _identity_need(state)
+                + state.in_sentence.astype(jnp.int32) + 2 * (state.num_sentences - state.sentence) + 1)
+        return state.steps_left - need
+
+    def allowed(self, state: PartialCorefState) -> Array:
+        """[N, V] boolean mask of the tokens each row may produce next."""
+        rows = jnp.arange(state.sentence.shape[0])
+        sym = self.symbols
+        slack = self._slack(state)
+        just_opened = state.just_opened.astype(jnp.int32)
+        writing = state.in_sentence & ~state.in_identity
+        in_current = state.sentence_of == (state.sentence - 1)[:, None]  # [N, S] tokens of the current sentence
+        mask = jnp.zeros((rows.shape[0], self.vocab_size), bool)
+        mask = _allow_identity(mask, state, slack, sym, self.integer_tokens, self.max_identity_tokens)
+        # A sentence token is optional unless a mention was just opened; `<m>` needs itself, a token and its close.
+        content = writing & (slack + just_opened >= 1)
+        mask = mask.at[rows[:, None], state.source].max(in_current & content[:, None])
+        mask = mask.at[rows, sym.mention_start].max(
+            writing & jnp.any(in_current, axis=1) & (state.depth < self.max_depth)
+            & (slack + just_opened >= 2 + _INTEGER_CLOSE_COST))
+        mask = mask.at[rows, sym.separator].max(writing & (state.depth > 0) & ~state.just_opened)
+        mask = mask.at[rows, sym.sentence_end].max(writing & (state.depth == 0))
+        remaining = state.sentence < state.num_sentences
+        mask = mask.at[rows, sym.sentence_start].max(~state.in_sentence & remaining)
+        return mask.at[rows, sym.eos].max(~state.in_sentence & ~remaining)
+
+    def process_logits(self, state: PartialCorefState, logits: Array) -> Array:
+        return jnp.where(self.allowed(state), logits, NEG_INF)
+
+    def update(self, state: PartialCorefState, tokens: Array) -> PartialCorefState:
+        sym = self.symbols
+        closes, in_identity, identity_length = _advance_identity(state, tokens, sym)
+        opens = (tokens == sym.mention_start) & ~state.in_identity
+        starts = (tokens == sym.sentence_start) & ~state.in_sentence
+        ends = (tokens == sym.sentence_end) & state.in_sentence & ~state.in_identity
+        depth = state.depth + opens.astype(jnp.int32) - closes.astype(jnp.int32)
+        return dataclasses.replace(state, sentence=state.sentence + starts.astype(jnp.int32),
+                                   in_sentence=(state.in_sentence | starts) & ~ends, depth=depth, just_opened=opens,
+                                   in_identity=in_identity, identity_length=identity_length,
+                                   steps_left=state.steps_left - 1)
