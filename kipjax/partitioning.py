@@ -19,6 +19,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import gin
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -118,6 +119,16 @@ def params_logical_specs(boxed_params: Any) -> Any:
     Unboxed leaves (no annotation) get an empty spec, i.e. they are replicated.
     """
     return nn.get_partition_spec(boxed_params)
+
+
+def fill_boxed(boxed: Any, values: Any) -> Any:
+    """`values` (a plain tree of the same structure, e.g. converted pretrained weights) put into the logical-axis
+    boxes of `boxed` (what `model.init` returned), each cast to its box's dtype, so the annotations survive."""
+    def fill(box: Any, value: Any) -> Any:
+        if isinstance(box, nn.Partitioned):
+            return box.replace_boxed(jnp.asarray(value, box.value.dtype))
+        return jnp.asarray(value, box.dtype)
+    return jax.tree.map(fill, boxed, values, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

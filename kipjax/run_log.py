@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
-from typing import Mapping, TextIO
+from pathlib import Path
+from typing import Callable, Mapping, TextIO
 
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -23,6 +26,29 @@ def atomic_write_text(path: str, text: str) -> None:
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def atomic_write_directory(out_dir: str | Path, write: Callable[[Path], None], force: bool = False) -> Path:
+    """Runs `write(folder)` on a temporary folder beside `out_dir`, then renames it into place, so readers never
+    see a half-written directory. An existing `out_dir` is replaced only with `force` (else FileExistsError)."""
+    out = Path(out_dir).resolve()
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write(staging / "data")
+        if out.exists():
+            os.replace(out, staging / "replaced")
+        try:
+            os.replace(staging / "data", out)
+        except OSError:
+            if (staging / "replaced").exists():
+                os.replace(staging / "replaced", out)
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
 
 
 class MetricsLog:

@@ -24,16 +24,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import gin
 
 from kipjax.data.tokenizer import save_wordpiece_tokenizer, word_vocabulary
+from kipjax.run_log import atomic_write_directory
 
 DEMO_ZESHEL_DIR = Path(__file__).resolve().parent / "demo_zeshel"
 SEED = "kipjax-demo-zeshel-v1"
@@ -407,26 +405,8 @@ def write_demo(out_dir: str | Path, seed: str = SEED) -> None:
 
 
 def generate(out_dir: str | Path, force: bool = False, seed: str = SEED) -> Path:
-    """Build the demo in a temporary folder beside `out_dir`, then rename it into place, so readers never see
-    a half-written dataset. An existing `out_dir` is replaced only with `force`."""
-    out = Path(out_dir).resolve()
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write_demo(staging / "data", seed)
-        if out.exists():
-            os.replace(out, staging / "replaced")
-        try:
-            os.replace(staging / "data", out)
-        except OSError:
-            if (staging / "replaced").exists():
-                os.replace(staging / "replaced", out)
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+    """Build the demo into `out_dir` atomically (`atomic_write_directory`); an existing one only with `force`."""
+    return atomic_write_directory(out_dir, lambda folder: write_demo(folder, seed), force=force)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

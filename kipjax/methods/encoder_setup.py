@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 from transformers import PreTrainedTokenizerBase
 
 from kipjax.data.markers import ensure_marker_tokens
@@ -20,6 +19,7 @@ from kipjax.methods.base import Params
 from kipjax.models import hf
 from kipjax.models.bert import BertConfig
 from kipjax.models.vocab import grow_embedding_rows
+from kipjax.partitioning import fill_boxed
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -69,12 +69,5 @@ def with_pretrained_encoders(params: Params, loaded: Params, vocab_size: int,
     params = dict(params)
     for name in encoder_names:
         if name in params:
-            params[name] = jax.tree.map(_fill_box, params[name], loaded,
-                                        is_leaf=lambda x: isinstance(x, nn.Partitioned))
+            params[name] = fill_boxed(params[name], loaded)
     return params
-
-
-def _fill_box(box: Any, value: Any) -> Any:
-    if isinstance(box, nn.Partitioned):
-        return box.replace_boxed(jnp.asarray(value, box.value.dtype))
-    return jnp.asarray(value, box.dtype)
