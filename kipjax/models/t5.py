@@ -15,6 +15,7 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
+import gin
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -88,6 +89,10 @@ class T5Config:
         d.update(model_type="t5", architectures=["T5ForConditionalGeneration"], is_encoder_decoder=True,
                  dense_act_fn=self.activation, is_gated_act=self.is_gated)
         return d
+
+
+# Model shapes are gin knobs: `T5Config.d_model = 256`, `Method.model_config = @T5Config()`.
+gin.external_configurable(T5Config, module='kipjax.models.t5')
 
 
 def relative_position_bucket(relative_position: Array, bidirectional: bool, num_buckets: int,

@@ -37,7 +37,9 @@ def add_coref_tokens(tokenizer: PreTrainedTokenizerBase, max_clusters: int = 0) 
     end_index = {token_id: k for k, token_id in enumerate(ends)}
 
     def decode_int(token_ids: Sequence[int]) -> int | None:
-        text = tokenizer.decode(list(token_ids)).strip()
+        # Any run of digit pieces reads as one number ("1", "2" -> 12), so every identity that the decoding
+        # constraint allows parses, however the pieces happen to be spaced.
+        text = "".join(tokenizer.decode(list(token_ids)).split())
         return int(text) if text.isdigit() else None
 
     return Symbols(**ids, eos=tokenizer.eos_token_id, cluster_end=lambda k: ends[k],
