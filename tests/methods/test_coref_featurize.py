@@ -7,19 +7,13 @@ from test_coref_vocabulary import tiny_t5_tokenizer
 from kipjax.data.coref import CorefDocument, canonical
 from kipjax.methods.coref import featurize as feat
 from kipjax.methods.coref.linearize import parse_full, parse_partial, rebuild_linearization
-from kipjax.methods.coref.vocabulary import add_coref_tokens
-from kipjax.data.markers import ensure_special_tokens
+from kipjax.methods.coref.vocabulary import SPEAKER_END, SPEAKER_START, add_coref_tokens, speaker_marker_ids
 
 
 def tokenizer_and_symbols(max_clusters=0):
     tokenizer = tiny_t5_tokenizer()
     symbols = add_coref_tokens(tokenizer, max_clusters)
-    ensure_special_tokens(tokenizer, [feat.SPEAKER_START, feat.SPEAKER_END])
     return tokenizer, symbols
-
-
-def speaker_ids(tokenizer):
-    return tuple(tokenizer.convert_tokens_to_ids([feat.SPEAKER_START, feat.SPEAKER_END]))
 
 
 def test_words_map_to_piece_spans_and_back():
@@ -36,7 +30,8 @@ def test_words_map_to_piece_spans_and_back():
 
 def test_speaker_names_go_before_each_new_speakers_first_word():
     tokenizer, _ = tokenizer_and_symbols()
-    start, end = speaker_ids(tokenizer)
+    start, end = speaker_marker_ids(tokenizer)
+    assert tokenizer.convert_ids_to_tokens([start, end]) == [SPEAKER_START, SPEAKER_END]
     doc = CorefDocument("d", [["the", "cat"], ["it", "sat"], ["the", "it"]], [[(1, 1), (2, 2)]],
                         speakers=[["sat", "sat"], ["sat", "purred"], ["purred", "purred"]])
     sub = feat.tokenize_document(doc, tokenizer, (start, end))

@@ -27,10 +27,10 @@ from transformers import PreTrainedTokenizerBase
 from kipjax.data.coref import CorefDocument, Span, canonical
 from kipjax.methods.coref import linearize as lin
 from kipjax.methods.coref.linearize import Identity, Symbols
+from kipjax.methods.coref.vocabulary import speaker_marker_ids
 
 Representation = Literal["full", "partial"]
 Actions = Literal["token", "copy"]
-SPEAKER_START, SPEAKER_END = "<speaker>", "</speaker>"
 NOT_A_WORD = -1
 
 
@@ -61,7 +61,7 @@ def word_pieces(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> lis
 
 def tokenize_document(doc: CorefDocument, tokenizer: PreTrainedTokenizerBase,
                       speaker_markers: tuple[int, int] | None = None) -> SubwordDocument:
-    """Pieces of `doc`; with `speaker_markers` (ids of `<speaker>`, `</speaker>`) and speakers in the data, the
+    """Pieces of `doc`; with `speaker_markers` (`vocabulary.speaker_marker_ids`) and speakers in the data, the
     speaker's name goes before the first word of every speaker turn (turns inside a sentence included)."""
     words = doc.tokens
     pieces = word_pieces(tokenizer, words)
@@ -212,3 +212,15 @@ def word_clusters(piece_clusters: Sequence[Sequence[Span]], segment: Segment) ->
         if spans:
             result.append(spans)
     return canonical(result)
+
+
+def training_examples(docs: Sequence[CorefDocument], tokenizer: PreTrainedTokenizerBase, symbols: Symbols[int],
+                      max_length: int, stride: int, representation: Representation = "full",
+                      identity: Identity = "after", actions: Actions = "token",
+                      decoder_start: int = 0) -> list[tuple[list[int], list[int], list[int]]]:
+    """(encoder input, z, y) of every training segment of `docs` (speakers inserted where the data has them);
+    `tokenizer` must have had `add_coref_tokens`."""
+    markers = speaker_marker_ids(tokenizer)
+    pieces = [tokenize_document(doc, tokenizer, markers) for doc in docs]
+    return [encode_example(segment, symbols, representation, identity, actions, decoder_start)
+            for segment in cut_segments(pieces, max_length, stride)]

@@ -26,14 +26,14 @@ import numpy as np
 import optax
 
 from kipjax import decoding
-from kipjax.data.coref import CorefDocument, read_documents, write_jsonlines
+from kipjax.data.coref import read_documents, write_jsonlines
 from kipjax.data.iterator import fixed_size_batches
-from kipjax.data.markers import ensure_special_tokens
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.coref import featurize as feat
 from kipjax.methods.coref import linearize as lin
 from kipjax.methods.coref.constraints import FullLinearizationConstraint, PartialLinearizationConstraint
-from kipjax.methods.coref.vocabulary import add_coref_tokens, init_new_token_rows, integer_token_ids
+from kipjax.methods.coref.vocabulary import (add_coref_tokens, init_new_token_rows, integer_token_ids,
+                                             speaker_marker_ids)
 from kipjax.methods.encoder_setup import COMPUTE_DTYPES
 from kipjax.metrics import coref as coref_metrics
 from kipjax.models import hf
@@ -106,8 +106,6 @@ class Seq2seqCoref(Method):
         self.tokenizer = hf.load_tokenizer(tokenizer_dir or pretrained)
         first_new_id = len(self.tokenizer)
         self.symbols = add_coref_tokens(self.tokenizer, max_clusters if identity == "free" else 0)
-        ensure_special_tokens(self.tokenizer, [feat.SPEAKER_START, feat.SPEAKER_END])
-        self.speaker_markers = tuple(self.tokenizer.convert_tokens_to_ids([feat.SPEAKER_START, feat.SPEAKER_END]))
         overrides = {"dtype": COMPUTE_DTYPES[compute_dtype], "remat": remat}
         self.pretrained_params = None
         if pretrained is not None:
@@ -122,18 +120,16 @@ class Seq2seqCoref(Method):
         self.model = T5(config)
         self.constraint = self._make_constraint(config.vocab_size, max_depth, max_clusters)
 
-        self.train_documents = read_documents(train_file)
-        train_segments = feat.cut_segments(self._tokenize(self.train_documents), max_segment_length, segment_stride)
-        self._train = self._encode(train_segments, max_target_length)
+        self._train = self._pad(feat.training_examples(
+            read_documents(train_file), self.tokenizer, self.symbols, max_segment_length, segment_stride,
+            representation, identity, actions, config.decoder_start_token_id), max_target_length)
         self.eval_documents = read_documents(eval_file)[:eval_max_documents]
-        self.eval_segments = feat.cut_segments(self._tokenize(self.eval_documents), eval_max_length,
-                                               eval_max_length)
+        markers = speaker_marker_ids(self.tokenizer)
+        eval_pieces = [feat.tokenize_document(d, self.tokenizer, markers) for d in self.eval_documents]
+        self.eval_segments = feat.cut_segments(eval_pieces, eval_max_length, eval_max_length)
         self._jit_decode = jax.jit(self._decode, static_argnums=(4,))
 
     # ------------------------------------------------------------------------------------------- features
-
-    def _tokenize(self, docs: list[CorefDocument]) -> list[feat.SubwordDocument]:
-        return [feat.tokenize_document(d, self.tokenizer, self.speaker_markers) for d in docs]
 
     def _make_constraint(self, vocab_size: int, max_depth: int,
                          max_clusters: int) -> FullLinearizationConstraint | PartialLinearizationConstraint | None:
@@ -149,10 +145,9 @@ class Seq2seqCoref(Method):
                                            actions=self.actions, max_depth=max_depth,
                                            max_identity_tokens=digits, max_clusters=max_clusters)
 
-    def _encode(self, segments: list[feat.Segment], max_target_length: int | None) -> dict[str, np.ndarray]:
+    def _pad(self, examples: list[tuple[list[int], list[int], list[int]]],
+             max_target_length: int | None) -> dict[str, np.ndarray]:
         """Padded training arrays; targets longer than `max_target_length` are cut (counted in a warning)."""
-        examples = [feat.encode_example(s, self.symbols, self.representation, self.identity, self.actions,
-                                        self.model_config.decoder_start_token_id) for s in segments]
         sources, inputs, targets = zip(*examples)
         longest = max(len(t) for t in targets)
         target_length = _round_up(min(longest, max_target_length or longest), 8)
@@ -253,7 +248,7 @@ class Seq2seqCoref(Method):
         predicted = self.predict(params)
         gold = [d.clusters for d in self.eval_documents]
         if self.predictions_file:
-            write_jsonlines(self.predictions_file, [dataclasses.replace(d, clusters=p, speakers=d.speakers)
+            write_jsonlines(self.predictions_file, [dataclasses.replace(d, clusters=p)
                                                     for d, p in zip(self.eval_documents, predicted)])
         scores = coref_metrics.coref_scores(gold, predicted)
         detection = coref_metrics.mention_detection(gold, predicted)

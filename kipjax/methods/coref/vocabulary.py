@@ -19,6 +19,7 @@ from kipjax.methods.coref.linearize import Symbols
 from kipjax.models.t5 import T5Config
 from kipjax.models.vocab import grow_embedding_rows
 
+SPEAKER_START, SPEAKER_END = "<speaker>", "</speaker>"  # around a speaker's name inserted into the text
 FIXED_SYMBOLS = dict(mention_start="<m>", mention_end="</m>", separator="|", copy="<c>", new="<new>",
                      sentence_start="<sentence>", sentence_end="</sentence>")
 _DIGITS = re.compile(r"^(\u2581)?[0-9]+$")  # a SentencePiece digit piece, with or without the word marker
@@ -29,9 +30,11 @@ def cluster_end_token(label: int) -> str:
 
 
 def add_coref_tokens(tokenizer: PreTrainedTokenizerBase, max_clusters: int = 0) -> Symbols[int]:
-    """Adds the symbols (and `</m_0> .. </m_{max_clusters-1}>` for integer-free runs) as special tokens where
-    missing; returns them as ids, with cluster numbers written and read through the tokenizer."""
-    ensure_special_tokens(tokenizer, [*FIXED_SYMBOLS.values(), *(cluster_end_token(k) for k in range(max_clusters))])
+    """Adds the symbols (and `</m_0> .. </m_{max_clusters-1}>` for integer-free runs), and the speaker markers, as
+    special tokens where missing; returns the symbols as ids, cluster numbers written and read through the
+    tokenizer."""
+    ensure_special_tokens(tokenizer, [*FIXED_SYMBOLS.values(), *(cluster_end_token(k) for k in range(max_clusters)),
+                                      SPEAKER_START, SPEAKER_END])
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in FIXED_SYMBOLS.items()}
     ends = [tokenizer.convert_tokens_to_ids(cluster_end_token(k)) for k in range(max_clusters)]
     end_index = {token_id: k for k, token_id in enumerate(ends)}
@@ -46,6 +49,12 @@ def add_coref_tokens(tokenizer: PreTrainedTokenizerBase, max_clusters: int = 0) 
                    cluster_index=end_index.get,
                    encode_int=lambda k: tokenizer.encode(str(k), add_special_tokens=False),
                    decode_int=decode_int)
+
+
+def speaker_marker_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """Ids of `<speaker>` and `</speaker>` (after `add_coref_tokens`)."""
+    start, end = tokenizer.convert_tokens_to_ids([SPEAKER_START, SPEAKER_END])
+    return start, end
 
 
 def integer_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
