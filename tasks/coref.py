@@ -23,7 +23,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from kipjax.data.coref import read_documents
+from kipjax.data.coref import read_document_files
 from kipjax.data.demo_coref import demo_coref_path
 from kipjax.methods.coref.featurize import training_examples
 from kipjax.methods.coref.vocabulary import add_coref_tokens
@@ -85,7 +85,7 @@ def _examples(settings: CorefTaskSettings, split: str) -> list[tuple[list[int], 
         raise ValueError(f"no file for split {split!r}; coref_task_settings.split_files has {sorted(files)}")
     tokenizer = load_tokenizer(settings.tokenizer_dir)
     symbols = add_coref_tokens(tokenizer, settings.max_clusters if settings.identity == "free" else 0)
-    return training_examples(read_documents(files[split]), tokenizer, symbols, settings.max_segment_length,
+    return training_examples(read_document_files(files[split]), tokenizer, symbols, settings.max_segment_length,
                              settings.segment_stride, settings.representation, settings.identity,
                              settings.actions)
 

@@ -58,7 +58,8 @@ def test_index_needs_something_to_write(tmp_path, capsys):
 
 @pytest.mark.parametrize("run_file", ["cpu_tiny", "gpu_1", "tpu_v4_32"])
 @pytest.mark.parametrize("config", ["quickstart.gin", "hard_nce/zeshel.gin", "hard_nce/zeshel_som.gin",
-                                    "hard_nce/zeshel_rerank.gin", "hard_nce/demo_rerank.gin"])
+                                    "hard_nce/zeshel_rerank.gin", "hard_nce/demo_rerank.gin", "coref/demo.gin",
+                                    "coref/t0_3b.gin", "coref/flan_t5_xl.gin"])
 def test_every_config_composes_with_every_run_file(config, run_file):
     """Parsing checks every binding against the configurables' signatures, so a stale name fails here."""
     gin.parse_config_files_and_bindings([f"gin_configs/{config}", f"gin_configs/runs/{run_file}.gin"],
@@ -101,3 +102,22 @@ def test_quickstart_end_to_end(tmp_path):
     assert report["scann_recall@10_vs_exact"] >= 0.95
     lines = open(tmp_path / "candidates" / "candidates_test.json").read().splitlines()
     assert len(lines) == report["num_queries"] and len(json.loads(lines[0])["candidates"]) > 0
+
+
+@pytest.mark.slow
+def test_coref_demo_end_to_end(tmp_path):
+    """The coreference demo learns valid linearizations whose CoNLL F1 clearly beats every gold mention as a
+    singleton, and `evaluate` scores the checkpoint on the test split."""
+    model_dir = tmp_path / "coref"
+    config = "--gin_file=gin_configs/coref/demo.gin"
+    _run("kipjax.train", config, f"--gin.MODEL_DIR='{model_dir}'", "--gin.TRAIN_STEPS=400",
+         "--gin.Trainer.eval_every=400")
+    history = [json.loads(line) for line in open(model_dir / "metrics.jsonl")]
+    before, after = history[0], history[-1]
+    assert after["step"] == 400 and before["eval/conll_f1"] < after["eval/singletons_baseline_conll_f1"]
+    assert after["eval/conll_f1"] > after["eval/singletons_baseline_conll_f1"] + 0.2
+    assert after["eval/mention_f1"] > 0.9
+    out = _run("kipjax.evaluate", config, f"--checkpoint={model_dir}",
+               "--gin.dev/demo_coref_path.name='test.jsonlines'").stdout
+    metrics = json.loads(out[out.index("{"):])
+    assert metrics["step"] == 400 and metrics["conll_f1"] > metrics["singletons_baseline_conll_f1"] + 0.2

@@ -25,6 +25,7 @@ metric denominators without anyone noticing.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import itertools
 import json
 import re
@@ -344,3 +345,12 @@ def read_documents(path: str | Path) -> list[CorefDocument]:
         return read_conll(path)
     first = next((record for _, record in json_lines(path)), {})
     return read_preco(path) if "mention_clusters" in first else read_jsonlines(path)
+
+
+def read_document_files(pattern: str | Path) -> list[CorefDocument]:
+    """`read_documents` of one file, or of every file a glob pattern matches (in sorted order), e.g. LitBank's
+    `coref/conll/*.conll`; a pattern that matches nothing raises FileNotFoundError."""
+    paths = sorted(glob.glob(str(pattern))) if glob.has_magic(str(pattern)) else [str(pattern)]
+    if not paths:
+        raise FileNotFoundError(f"no coreference files match {str(pattern)!r}")
+    return [doc for path in paths for doc in read_documents(path)]

@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from kipjax.data.coref import (CorefDocument, read_conll, read_documents, read_jsonlines, read_preco, write_conll,
-                               write_jsonlines)
+from kipjax.data.coref import (CorefDocument, read_conll, read_document_files, read_documents, read_jsonlines,
+                               read_preco, write_conll, write_jsonlines)
 
 ONTONOTES = """\
 #begin document (bc/cctv/00/cctv_0000); part 000
@@ -189,3 +189,13 @@ def test_read_documents_dispatch(tmp_path):
     write_conll(tmp_path / "p.gold_conll", [doc])
     assert read_documents(tmp_path / "p.jsonlines") == [doc]
     assert read_documents(tmp_path / "p.gold_conll") == [doc]
+
+
+def test_read_document_files_expands_globs_in_sorted_order(tmp_path):
+    docs = [CorefDocument(f"d{i}", [["a", str(i)]], [[(0, 0)]]) for i in range(3)]
+    for i in (2, 0, 1):
+        write_conll(tmp_path / f"book{i}.conll", [docs[i]])
+    assert read_document_files(tmp_path / "book*.conll") == docs
+    assert read_document_files(tmp_path / "book1.conll") == [docs[1]]
+    with pytest.raises(FileNotFoundError, match="no coreference files match"):
+        read_document_files(tmp_path / "*.jsonlines")

@@ -26,7 +26,7 @@ import numpy as np
 import optax
 
 from kipjax import decoding
-from kipjax.data.coref import read_documents, write_jsonlines
+from kipjax.data.coref import read_document_files, write_jsonlines
 from kipjax.data.iterator import fixed_size_batches
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.coref import featurize as feat
@@ -52,7 +52,7 @@ class Seq2seqCoref(Method):
     """Trains a T5-family model to write coreference annotations and evaluates it with the CoNLL metrics.
 
     Args:
-      train_file / eval_file: CoNLL-2012, jsonlines or PreCo files (`kipjax.data.coref.read_documents`).
+      train_file / eval_file: a CoNLL-2012, jsonlines or PreCo file, or a glob of them (`read_document_files`).
       tokenizer_dir: the tokenizer (default: `pretrained`'s); the coreference symbols are added to it.
       pretrained: a local Hugging Face T5 / T0 / FLAN-T5 directory; else `model_config` trains from scratch.
       representation / identity / actions: the sequence representation (sec. 7.3).
@@ -121,9 +121,9 @@ class Seq2seqCoref(Method):
         self.constraint = self._make_constraint(config.vocab_size, max_depth, max_clusters)
 
         self._train = self._pad(feat.training_examples(
-            read_documents(train_file), self.tokenizer, self.symbols, max_segment_length, segment_stride,
+            read_document_files(train_file), self.tokenizer, self.symbols, max_segment_length, segment_stride,
             representation, identity, actions, config.decoder_start_token_id), max_target_length)
-        self.eval_documents = read_documents(eval_file)[:eval_max_documents]
+        self.eval_documents = read_document_files(eval_file)[:eval_max_documents]
         markers = speaker_marker_ids(self.tokenizer)
         eval_pieces = [feat.tokenize_document(d, self.tokenizer, markers) for d in self.eval_documents]
         self.eval_segments = feat.cut_segments(eval_pieces, eval_max_length, eval_max_length)
