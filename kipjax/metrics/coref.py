@@ -44,6 +44,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from kipjax.data.coref import read_documents
+from kipjax.metrics.ratios import prf
 
 Mention = Hashable
 Clusters = Sequence[Sequence[Mention]]
@@ -165,17 +166,6 @@ def blanc_counts(key: Clusters, response: Clusters) -> BlancCounts:
                         - _links_within(overlap.sum(axis=0)) + coref_correct)
     return BlancCounts(coref_correct, coref_key, coref_response,
                        noncoref_correct, comb(num_key, 2) - coref_key, comb(num_response, 2) - coref_response)
-
-
-def _ratio(numerator: float, denominator: float) -> float:
-    return float(numerator / denominator) if denominator else 0.0
-
-
-def prf(recall_numerator: float, recall_denominator: float, precision_numerator: float,
-        precision_denominator: float) -> dict[str, float]:
-    recall = _ratio(recall_numerator, recall_denominator)
-    precision = _ratio(precision_numerator, precision_denominator)
-    return {"recall": recall, "precision": precision, "f1": _ratio(2 * precision * recall, precision + recall)}
 
 
 def blanc_scores(counts: BlancCounts) -> dict[str, dict[str, float]]:
