@@ -32,7 +32,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["kipjax", "kipjax.*", "tasks", "tasks.*"]),
     # The bundled demo dataset (documents/, mentions/, tokenizer/) ships inside the package.
-    package_data={"kipjax.data": ["demo_zeshel/*/*"]},
+    package_data={"kipjax.data": ["demo_zeshel/*/*", "demo_coref/*", "demo_coref/*/*", "demo_docred/*", "demo_docred/*/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # torch (CPU build) is only needed for parity tests against transformers' PyTorch models.

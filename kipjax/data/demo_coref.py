@@ -14,8 +14,6 @@ regenerates the bundled copy in `kipjax/data/demo_coref/` byte for byte.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import random
 from pathlib import Path
 from typing import Sequence
@@ -24,8 +22,8 @@ import gin
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
+from kipjax.data.bundled import bundled_file, regenerate_main
 from kipjax.data.coref import CorefDocument, write_jsonlines
-from kipjax.run_log import atomic_write_directory
 
 DEMO_COREF_DIR = Path(__file__).resolve().parent / "demo_coref"
 SEED = "kipjax-demo-coref-v1"
@@ -148,19 +146,11 @@ def write_corpus(out_dir: Path, seed: str = SEED) -> None:
 @gin.configurable
 def demo_coref_path(name: str = gin.REQUIRED) -> str:
     """A file or folder of the bundled corpus, e.g. 'train.jsonlines' or 'tokenizer' (for gin configs)."""
-    path = DEMO_COREF_DIR / name
-    if not path.exists():
-        raise FileNotFoundError(f"the bundled demo corpus {DEMO_COREF_DIR} has no {name!r}")
-    return str(path)
+    return bundled_file(DEMO_COREF_DIR, name)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="folder to create")
-    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
-    args = parser.parse_args(argv)
-    out = atomic_write_directory(args.out, write_corpus, force=args.force)
-    print(json.dumps({"out": str(out), **{f"{k}_documents": v for k, v in SPLIT_SIZES.items()}}))
+    regenerate_main(argv, __doc__.split("\n\n")[0], write_corpus, SPLIT_SIZES)
 
 
 if __name__ == "__main__":
