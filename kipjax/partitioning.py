@@ -40,6 +40,7 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("codes", None),
     ("relpos_buckets", None),  # T5's relative-position bias table rows
     ("layers", None),  # the stacked-layer axis of scanned layers
+    ("lora_rank", None),  # the low-rank dimension of LoRA adapters (small: replicated)
     # activations
     ("activation_batch", ("data", "fsdp")),
     ("activation_length", None),

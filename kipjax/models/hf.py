@@ -3,7 +3,8 @@
 A model family is one weight-map function (`config -> [WeightSpec]`, pairing each Hugging Face tensor with a
 kipjax parameter path and the layout change in each direction) plus one `FAMILIES` entry. Loading and
 exporting are generic over that map. Converters always name per-layer params `layer_{i}`; when the config
-sets `scan_layers`, those subtrees are stacked into one `layers` subtree (and unstacked on export).
+sets `scan_layers`, those subtrees are stacked into one `layers` subtree (and unstacked on export). LoRA
+adapters (`lora` sub-dicts) have no checkpoint tensors: loading leaves them at their init, exporting refuses them.
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ import safetensors.numpy
 from flax import linen as nn
 from flax import traverse_util
 
+from kipjax.models import layers
 from kipjax.models.bert import BertConfig, BertEncoder
+from kipjax.models.llama import Llama, LlamaConfig
 from kipjax.models.t5 import T5, T5Config
 
 Params = dict[str, Any]
@@ -143,6 +146,26 @@ def t5_weights(config: T5Config) -> list[WeightSpec]:
     return specs
 
 
+def llama_weights(config: LlamaConfig) -> list[WeightSpec]:
+    """Weight map of transformers' LlamaForCausalLM; LoRA adapters have no Hugging Face counterpart."""
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    specs = [*embedding("model.embed_tokens", ("embed_tokens",)),
+             WeightSpec("model.norm.weight", ("final_norm", "scale"))]
+    for i in range(config.num_hidden_layers):
+        src, dst = f"model.layers.{i}", (f"layer_{i}",)
+        for hf_proj, proj, n in (("q", "query", heads), ("k", "key", kv_heads), ("v", "value", kv_heads)):
+            specs += heads_projection(f"{src}.self_attn.{hf_proj}_proj", dst + ("attention", proj), n,
+                                      bias=config.attention_bias)
+        specs += heads_output(f"{src}.self_attn.o_proj", dst + ("attention", "out"), heads, bias=config.attention_bias)
+        for name in ("gate", "up", "down"):
+            specs += linear(f"{src}.mlp.{name}_proj", dst + ("mlp", name), bias=config.mlp_bias)
+        specs.append(WeightSpec(f"{src}.input_layernorm.weight", dst + ("attention_norm", "scale")))
+        specs.append(WeightSpec(f"{src}.post_attention_layernorm.weight", dst + ("mlp_norm", "scale")))
+    if not config.tie_word_embeddings:
+        specs += linear("lm_head", ("lm_head",), bias=False)
+    return specs
+
+
 def _bert_fit_to_weights(config: BertConfig, names: set[str]) -> BertConfig:
     """Masked-LM checkpoints carry no pooler; build the encoder without one rather than fail."""
     return config if "pooler.dense.weight" in names else dataclasses.replace(config, add_pooler=False)
@@ -175,6 +198,7 @@ FAMILIES: dict[str, Family] = {
     "roberta": Family(BertConfig, BertEncoder, bert_weights, ("roberta.",), _bert_fit_to_weights),
     "electra": Family(BertConfig, BertEncoder, bert_weights, ("electra.",)),
     "t5": Family(T5Config, T5, t5_weights),
+    "llama": Family(LlamaConfig, Llama, llama_weights),
 }
 
 
@@ -328,13 +352,29 @@ def load_pretrained(path: str | os.PathLike, *, dtype: Any = jnp.float32,
                                       f"expected {tuple(want)} from {CONFIG_FILE}")
             flat[spec.path] = np.asarray(spec.to_kipjax(tensor), dtype=config.param_dtype)
 
-    uncovered = sorted("/".join(p) for p in set(expected) - set(flat))
+    adapters = {p for p in expected if layers.is_lora_path(p)}
+    uncovered = sorted("/".join(p) for p in set(expected) - set(flat) - adapters)
     if uncovered:
         raise RuntimeError(f"the {config.model_type} weight map leaves params unset: {uncovered}")
+    if adapters:
+        flat.update(_initial_adapters(model, family, config, adapters))
     params = traverse_util.unflatten_dict(flat)
     if scanned:
         params = stack_layers(params)
     return model, jax.tree_util.tree_map(jnp.asarray, params)
+
+
+def _initial_adapters(model: nn.Module, family: Family, config: Any, paths: set[ParamPath]) -> Params:
+    """Fresh (`model.init` with PRNGKey(0)) values of the LoRA adapter params, which checkpoints do not hold;
+    compiled so that only the adapters' initializers run."""
+    ordered = sorted(paths)
+
+    def init() -> list[jax.Array]:
+        params = nn.unbox(model.init(jax.random.PRNGKey(0), **family.example_inputs(config))["params"])
+        flat = traverse_util.flatten_dict(_per_layer(params, getattr(config, "scan_layers", False)))
+        return [flat[p] for p in ordered]
+
+    return {p: np.asarray(v) for p, v in zip(ordered, jax.jit(init)())}
 
 
 def save_pretrained(model: nn.Module, params: Params, path: str | os.PathLike) -> Path:
@@ -346,6 +386,10 @@ def save_pretrained(model: nn.Module, params: Params, path: str | os.PathLike) -
     config = model.config
     family = FAMILIES[config.model_type]
     flat = traverse_util.flatten_dict(_per_layer(nn.unbox(params), getattr(config, "scan_layers", False)))
+    adapters = sorted("/".join(p) for p in flat if layers.is_lora_path(p))
+    if adapters:
+        raise ValueError(f"params hold LoRA adapters ({adapters[0]}, ...) that a Hugging Face checkpoint cannot "
+                         f"store; fold them into the kernels first (kipjax.models.llama.merge_lora)")
     tensors = {spec.hf_name: np.ascontiguousarray(spec.to_hf(np.asarray(flat[spec.path])))
                for spec in family.weights(config)}
 

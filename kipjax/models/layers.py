@@ -1,14 +1,16 @@
 """Reusable Flax building blocks whose every parameter and block-boundary activation has logical axis names.
 
-The blocks are family-agnostic: BERT uses them as-is, and T5 / Llama reuse the same attention (no bias,
-grouped-query heads, additive position bias) so that sharding rules apply uniformly across families.
+The blocks are family-agnostic: BERT uses them as-is, T5 reuses the same attention (no bias, additive position
+bias) and Llama its grouped-query core with rotary embeddings and low-rank adapters, so that sharding rules apply
+uniformly across families.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 Array = jax.Array
@@ -23,11 +25,19 @@ BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed
 BATCH_LENGTH_MLP = ("activation_batch", "activation_length", "activation_mlp")
 BATCH_LENGTH_HEADS_KV = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
 
+# Name of the sub-dict that holds a projection's low-rank adapter (`LoRADense`): the params a parameter-efficient
+# fine-tune trains, and that pretrained checkpoints never contain.
+LORA = "lora"
+# Logical name of the adapter rank dim. No default rule names it, so adapters are replicated (they are tiny).
+LORA_RANK_AXIS = "lora_rank"
+ROPE_TYPES = ("default", "llama3")
+
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     # Hugging Face "gelu" is the exact erf form; "gelu_new" is the tanh approximation.
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
+    "silu": jax.nn.silu,  # Llama's SwiGLU gate
 }
 
 
@@ -46,6 +56,68 @@ def constrain(x: Array, names: Sequence[str]) -> Array:
 def attention_bias_from_mask(mask: Array, dtype: DType = jnp.float32) -> Array:
     """(batch, kv_length) mask with 1 = attend into a (batch, 1, 1, kv_length) additive logit bias."""
     return jnp.where(mask[:, None, None, :].astype(bool), 0.0, MASK_VALUE).astype(dtype)
+
+
+def grouped_query_attention(q: Array, k: Array, v: Array, bias: Array | None, scale: float,
+                            dtype: DType = jnp.float32, dropout: Callable[[Array], Array] | None = None) -> Array:
+    """softmax(q k^T * scale + bias) v over (batch, length, heads, head_dim) states; logits and softmax in float32.
+
+    `k` / `v` may have fewer heads than `q` (grouped-query attention): query head `h` reads kv head
+    `h // (heads // kv_heads)`, as Hugging Face's `repeat_kv` arranges them. `bias` broadcasts to
+    (batch, heads, q_length, kv_length); `dropout`, if given, maps the probabilities. Returns (batch, q_length,
+    heads, head_dim).
+    """
+    batch, q_len, num_heads, head_dim = q.shape
+    kv_len, kv_heads = k.shape[1], k.shape[2]
+    if num_heads % kv_heads:
+        raise ValueError(f"{num_heads} query heads are not a multiple of {kv_heads} key/value heads")
+    groups = num_heads // kv_heads
+    q = q.reshape(batch, q_len, kv_heads, groups, head_dim)
+    logits = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits.reshape(batch, num_heads, q_len, kv_len) * scale
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dtype)
+    if dropout is not None:
+        probs = dropout(probs)
+    probs = probs.reshape(batch, kv_heads, groups, q_len, kv_len)
+    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v.astype(dtype))
+    return constrain(out.reshape(batch, q_len, num_heads, head_dim), BATCH_LENGTH_HEADS_KV)
+
+
+def rope_inverse_frequencies(head_dim: int, theta: float, scaling: Mapping[str, Any] | None = None) -> np.ndarray:
+    """The (head_dim // 2,) float32 inverse frequencies of rotary position embeddings, computed as `transformers`
+    does: theta^(-2i / head_dim), and for `scaling['rope_type'] == 'llama3'` (Llama 3.1 and later) wavelengths above
+    `original_max_position_embeddings / low_freq_factor` slowed down by `factor`, those below
+    `... / high_freq_factor` kept, and a smooth interpolation between the two (`_compute_llama3_parameters`)."""
+    inv_freq = np.float32(1.0) / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32)
+                                                        / np.float32(head_dim)))
+    rope_type = "default" if scaling is None else scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type not in ROPE_TYPES:
+        raise ValueError(f"rope_type {rope_type!r} is not supported; supported: {ROPE_TYPES}")
+    if rope_type == "default":
+        return inv_freq
+    factor, low, high = (np.float32(scaling[k]) for k in ("factor", "low_freq_factor", "high_freq_factor"))
+    old_context = np.float32(scaling["original_max_position_embeddings"])
+    wavelen = np.float32(2 * np.pi) / inv_freq
+    scaled = np.where(wavelen > old_context / low, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = (wavelen >= old_context / high) & (wavelen <= old_context / low)
+    return np.where(is_medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x: Array, positions: Array, inv_freq: Array) -> Array:
+    """Rotates (batch, length, heads, head_dim) `x` by its (batch, length) positions, in float32.
+
+    Hugging Face's half-split layout: dims i and i + head_dim/2 form a pair rotated by position * inv_freq[i].
+    """
+    freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq, jnp.float32)
+    angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
 
 
 class Dense(nn.Module):
@@ -85,6 +157,62 @@ class Dense(nn.Module):
         x_dims = tuple(range(x.ndim - n_in, x.ndim))
         y = jax.lax.dot_general(x, kernel, ((x_dims, tuple(range(n_in))), ((), ())))
         return y + bias if bias is not None else y
+
+
+class LowRankAdapter(nn.Module):
+    """The LoRA update (x A) B * alpha / rank of a projection shaped like `Dense(features, kernel_axes, contract_dims)`.
+
+    A (contracted input dims..., rank) starts normal (fan-in scaled), B (rank, output dims...) at zero, so a fresh
+    adapter adds exactly nothing. Both carry the kernel's logical names plus `LORA_RANK_AXIS`.
+    """
+
+    features: int | Sequence[int]
+    kernel_axes: Sequence[str]
+    rank: int
+    alpha: float
+    contract_dims: int = 1
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        n_in = self.contract_dims
+        a_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=tuple(range(n_in)),
+                                                  out_axis=(n_in,))
+        a = self.param("a", nn.with_logical_partitioning(a_init, (*self.kernel_axes[:n_in], LORA_RANK_AXIS)),
+                       (*x.shape[-n_in:], self.rank), self.param_dtype)
+        b = self.param("b", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                         (LORA_RANK_AXIS, *self.kernel_axes[n_in:])),
+                       (self.rank, *features), self.param_dtype)
+        x, a, b = nn.dtypes.promote_dtype(x, a, b, dtype=self.dtype)
+        x_dims = tuple(range(x.ndim - n_in, x.ndim))
+        h = jax.lax.dot_general(x, a, ((x_dims, tuple(range(n_in))), ((), ())))
+        return jnp.tensordot(h, b, axes=1) * (self.alpha / self.rank)
+
+
+class LoRADense(Dense):
+    """`Dense` plus, when `lora_rank` > 0, a `LowRankAdapter` in the sub-dict `LORA` beside `kernel`.
+
+    With `lora_rank` 0 it is `Dense` exactly (same params, same output), so one module serves the base model and
+    its parameter-efficient fine-tune, and pretrained kernels load into either.
+    """
+
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        y = super().__call__(x)
+        if not self.lora_rank:
+            return y
+        return y + LowRankAdapter(self.features, self.kernel_axes, self.lora_rank, self.lora_alpha,
+                                  self.contract_dims, self.dtype, self.param_dtype, name=LORA)(x)
+
+
+def is_lora_path(path: Sequence[Any]) -> bool:
+    """Whether a param path (strings, or jax tree-path keys) lies inside a low-rank adapter sub-dict."""
+    return any(getattr(k, "key", k) == LORA for k in path)
 
 
 class Embed(nn.Module):
@@ -129,6 +257,22 @@ class LayerNorm(nn.Module):
         var = jnp.square(x32 - mean).mean(-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.epsilon)
         return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (T5's LayerNorm, Llama's RMSNorm): scale only, no mean subtraction, float32 statistics."""
+
+    epsilon: float = 1e-6
+    dtype: DType = jnp.float32
+    param_dtype: DType = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
+                           (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        return (y * scale.astype(jnp.float32)).astype(self.dtype)
 
 
 class MLP(nn.Module):
@@ -185,7 +329,6 @@ class MultiHeadAttention(nn.Module):
         kv_heads = self.num_kv_heads or self.num_heads
         if self.num_heads % kv_heads:
             raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={kv_heads}")
-        groups = self.num_heads // kv_heads
         dense = dict(use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
                      kernel_init=self.kernel_init)
         head_axes = ("embed", "heads", "kv")
@@ -208,20 +351,9 @@ class MultiHeadAttention(nn.Module):
         elif cache not in (None, "cross"):
             raise ValueError(f"cache must be None, 'self', 'cross_fill' or 'cross', got {cache!r}")
         q, k, v = (constrain(t, BATCH_LENGTH_HEADS_KV) for t in (q, k, v))
-
-        batch, q_len = q.shape[:2]
-        kv_len = k.shape[1]
         scale = self.scale if self.scale is not None else self.head_dim ** -0.5
-        q = q.reshape(batch, q_len, kv_heads, groups, self.head_dim)
-        logits = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
-        logits = logits.reshape(batch, self.num_heads, q_len, kv_len) * scale
-        if bias is not None:
-            logits = logits + bias.astype(jnp.float32)
-        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
-        probs = probs.reshape(batch, kv_heads, groups, q_len, kv_len)
-        out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v.astype(self.dtype))
-        out = constrain(out.reshape(batch, q_len, self.num_heads, self.head_dim), BATCH_LENGTH_HEADS_KV)
+        out = grouped_query_attention(q, k, v, bias, scale, self.dtype,
+                                      lambda p: nn.Dropout(self.dropout_rate)(p, deterministic=deterministic))
         return Dense(inputs_q.shape[-1], ("heads", "kv", "embed"), contract_dims=2, name="out", **dense)(out)
 
     def _update_self_cache(self, k: Array, v: Array) -> tuple[Array, Array]:

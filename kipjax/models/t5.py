@@ -149,20 +149,8 @@ class DecoderPositions(nn.Module):
         return query_positions, jnp.arange(max_length)
 
 
-class RMSNorm(nn.Module):
-    """T5's LayerNorm: scale only, no mean subtraction, statistics in float32."""
-
-    epsilon: float = 1e-6
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-                           (x.shape[-1],), self.param_dtype)
-        x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
-        return (y * scale.astype(jnp.float32)).astype(self.dtype)
+# T5's LayerNorm is the shared RMSNorm (re-exported: `t5.RMSNorm` predates `layers.RMSNorm`).
+RMSNorm = layers.RMSNorm
 
 
 class FeedForward(nn.Module):
