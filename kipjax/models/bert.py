@@ -102,6 +102,7 @@ gin.external_configurable(BertConfig, module='kipjax.models.bert')
 class EncoderOutput:
     last_hidden_state: Array  # (batch, length, hidden)
     pooler_output: Array | None = None  # (batch, hidden): tanh(dense(first token)); None without a pooler
+    last_attention: Array | None = None  # (batch, heads, length, length): the last layer's attention, on request
 
 
 def default_position_ids(config: BertConfig, input_ids: Array) -> Array:
@@ -131,12 +132,14 @@ class BertEmbeddings(nn.Module):
 
 
 class BertLayer(nn.Module):
-    """Post-LN transformer layer. Returns (hidden, None) so the same module is an `nn.scan` body."""
+    """Post-LN transformer layer. Returns (hidden, attention probabilities if `return_attention` else None), so
+    the same module is an `nn.scan` body."""
 
     config: BertConfig
+    return_attention: bool = False
 
     @nn.compact
-    def __call__(self, hidden: Array, attention_bias: Array, deterministic: bool) -> tuple[Array, None]:
+    def __call__(self, hidden: Array, attention_bias: Array, deterministic: bool) -> tuple[Array, Array | None]:
         cfg = self.config
         common = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                       kernel_init=nn.initializers.normal(cfg.initializer_range))
@@ -145,12 +148,14 @@ class BertLayer(nn.Module):
 
         attn = layers.MultiHeadAttention(num_heads=cfg.num_attention_heads, head_dim=cfg.head_dim,
                                          dropout_rate=cfg.attention_probs_dropout_prob, name="attention",
+                                         return_weights=self.return_attention,
                                          **common)(hidden, bias=attention_bias, deterministic=deterministic)
+        attn, weights = attn if self.return_attention else (attn, None)
         hidden = layers.LayerNorm(name="attention_norm", **norm)(hidden + dropout(attn, deterministic))
         hidden = layers.constrain(hidden, layers.BATCH_LENGTH_EMBED)
         mlp = layers.MLP(cfg.intermediate_size, cfg.hidden_act, name="mlp", **common)(hidden)
         hidden = layers.LayerNorm(name="output_norm", **norm)(hidden + dropout(mlp, deterministic))
-        return layers.constrain(hidden, layers.BATCH_LENGTH_EMBED), None
+        return layers.constrain(hidden, layers.BATCH_LENGTH_EMBED), weights
 
 
 class BertEncoder(nn.Module):
@@ -161,7 +166,9 @@ class BertEncoder(nn.Module):
     @nn.compact
     def __call__(self, input_ids: Array, attention_mask: Array | None = None,
                  token_type_ids: Array | None = None, position_ids: Array | None = None,
-                 deterministic: bool = True) -> EncoderOutput:
+                 deterministic: bool = True, return_last_attention: bool = False) -> EncoderOutput:
+        """With `return_last_attention`, also the last layer's attention probabilities (scanned layers then
+        keep every layer's until the scan ends: memory for num_layers attention maps)."""
         cfg = self.config
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
@@ -186,13 +193,15 @@ class BertEncoder(nn.Module):
             stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
                             in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers,
                             metadata_params={nn.PARTITION_NAME: "layers"})
-            hidden, _ = stack(cfg, name="layers")(hidden, bias, deterministic)
+            hidden, weights = stack(cfg, return_last_attention, name="layers")(hidden, bias, deterministic)
+            last_attention = weights[-1] if return_last_attention else None
         else:
             for i in range(cfg.num_hidden_layers):
-                hidden, _ = layer_cls(cfg, name=f"layer_{i}")(hidden, bias, deterministic)
+                last = return_last_attention and i == cfg.num_hidden_layers - 1
+                hidden, last_attention = layer_cls(cfg, last, name=f"layer_{i}")(hidden, bias, deterministic)
 
         pooled = None
         if cfg.add_pooler:
             pooled = jnp.tanh(layers.Dense(cfg.hidden_size, ("embed", "mlp"), name="pooler", **dense)(hidden[:, 0]))
             pooled = layers.constrain(pooled, ("activation_batch", "activation_embed"))
-        return EncoderOutput(last_hidden_state=hidden, pooler_output=pooled)
+        return EncoderOutput(last_hidden_state=hidden, pooler_output=pooled, last_attention=last_attention)

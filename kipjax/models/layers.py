@@ -301,7 +301,9 @@ class MultiHeadAttention(nn.Module):
     `h` reads kv head `h // (num_heads // num_kv_heads)`, as in Hugging Face's `repeat_kv`. `bias` is added to
     the (batch, heads, q_length, kv_length) logits and carries masks and position biases alike, so one
     module serves encoders (padding), decoders (causal) and T5 (relative position bias). `scale` defaults to
-    1/sqrt(head_dim); T5 uses 1. Logits and softmax are computed in float32.
+    1/sqrt(head_dim); T5 uses 1. Logits and softmax are computed in float32. With `return_weights` the call
+    returns (output, attention probabilities [batch, heads, q_length, kv_length], before dropout), e.g. for
+    ATLOP's localized context pooling.
     """
 
     num_heads: int
@@ -313,10 +315,11 @@ class MultiHeadAttention(nn.Module):
     dtype: DType = jnp.float32
     param_dtype: DType = jnp.float32
     kernel_init: Initializer | None = None
+    return_weights: bool = False
 
     @nn.compact
     def __call__(self, inputs_q: Array, inputs_kv: Array | None = None, bias: Array | None = None,
-                 deterministic: bool = True, cache: str | None = None) -> Array:
+                 deterministic: bool = True, cache: str | None = None) -> Array | tuple[Array, Array]:
         """`cache` selects incremental decoding (variables in the `cache` collection):
 
         - "self": keys/values of `inputs_q` are written into a (batch, max_length, kv_heads, head_dim) cache at
@@ -352,9 +355,15 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"cache must be None, 'self', 'cross_fill' or 'cross', got {cache!r}")
         q, k, v = (constrain(t, BATCH_LENGTH_HEADS_KV) for t in (q, k, v))
         scale = self.scale if self.scale is not None else self.head_dim ** -0.5
-        out = grouped_query_attention(q, k, v, bias, scale, self.dtype,
-                                      lambda p: nn.Dropout(self.dropout_rate)(p, deterministic=deterministic))
-        return Dense(inputs_q.shape[-1], ("heads", "kv", "embed"), contract_dims=2, name="out", **dense)(out)
+        weights: list[Array] = []
+
+        def dropout(probs: Array) -> Array:
+            weights.append(probs)
+            return nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
+
+        out = grouped_query_attention(q, k, v, bias, scale, self.dtype, dropout)
+        out = Dense(inputs_q.shape[-1], ("heads", "kv", "embed"), contract_dims=2, name="out", **dense)(out)
+        return (out, weights[0]) if self.return_weights else out
 
     def _update_self_cache(self, k: Array, v: Array) -> tuple[Array, Array]:
         """Writes this call's keys/values at the cache index and returns the full cache (see `__call__`)."""

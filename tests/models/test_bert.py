@@ -86,6 +86,24 @@ def test_scan_and_remat_match_plain_model(checkpoint):
         np.testing.assert_allclose(out, plain, atol=1e-5, rtol=0, err_msg=str(overrides))
 
 
+def test_last_attention_matches_transformers_output_attentions(checkpoint):
+    path, hf_model, inputs = checkpoint
+    hf_model.config._attn_implementation = "eager"  # the attention-weights path of transformers
+    with torch.no_grad():
+        ref = hf_model(**{k: torch.from_numpy(v) for k, v in inputs.items()}, output_attentions=True)
+    expected = ref.attentions[-1].numpy()
+    real = inputs["attention_mask"].astype(bool)
+    for overrides in ({}, {"scan_layers": True}):
+        model, params = hf.load_pretrained(path, **overrides)
+        out = kipjax_forward(model, params, inputs, return_last_attention=True)
+        got = np.asarray(out.last_attention)
+        assert got.shape == expected.shape
+        for row in range(len(real)):  # padded query rows are meaningless on both sides
+            np.testing.assert_allclose(got[row][:, real[row]], expected[row][:, real[row]], atol=1e-5,
+                                       err_msg=str(overrides))
+        assert kipjax_forward(model, params, inputs).last_attention is None
+
+
 @pytest.mark.parametrize("activation", ["gelu_new", "relu"])
 def test_other_activations_match_transformers(activation, tmp_path):
     hf_model = randomize_(HF_MODELS["bert"](hidden_act=activation))
