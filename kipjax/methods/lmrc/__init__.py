@@ -1,0 +1,1 @@
+"""LMRC: relation candidate proposal (stage 1) and LLM relation classification (stage 2) for DocRED."""
