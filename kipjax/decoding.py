@@ -15,6 +15,7 @@ once no alive beam can beat the worst finished one.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
@@ -33,6 +34,13 @@ class Constraint(Protocol):
 
     def update(self, state: Any, tokens: Array) -> Any:
         ...
+
+
+def constraint_state(cls: type) -> type:
+    """Class decorator registering a (frozen) dataclass of arrays as a pytree, so beam search can carry a
+    constraint's state through its loop and reorder its rows with `gather_rows`."""
+    jax.tree_util.register_dataclass(cls, data_fields=[f.name for f in dataclasses.fields(cls)], meta_fields=[])
+    return cls
 
 
 class BeamSearchOutput(NamedTuple):

@@ -30,20 +30,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kipjax.decoding import NEG_INF
+from kipjax.decoding import NEG_INF, constraint_state
 from kipjax.methods.coref.linearize import Symbols
 
 Array = jax.Array
 _INTEGER_CLOSE_COST = 3  # `| digit </m>`: the fewest tokens that close a mention with an integer identity
 
 
-def _pytree(cls: type) -> type:
-    """Registers a state dataclass as a pytree of arrays, so beam search can gather and carry it."""
-    jax.tree_util.register_dataclass(cls, data_fields=[f.name for f in dataclasses.fields(cls)], meta_fields=[])
-    return cls
-
-
-@_pytree
+@constraint_state
 @dataclasses.dataclass(frozen=True)
 class CorefState:
     source: Array  # [N, S] source token ids (padded)
@@ -57,7 +51,7 @@ class CorefState:
     steps_left: Array  # [N] tokens the decoder may still emit (its max_length minus those emitted)
 
 
-@_pytree
+@constraint_state
 @dataclasses.dataclass(frozen=True)
 class PartialCorefState:
     sentence_of: Array  # [N, S] sentence index of each source token, -1 at sentence markers and padding
