@@ -1,7 +1,10 @@
 """Optimizers from gin: an optax chain of clipping, a learning-rate schedule and the update rule."""
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import gin
+import jax
 import optax
 
 
@@ -53,3 +56,17 @@ def make_optimizer(
     if clip_norm:
         return optax.chain(optax.clip_by_global_norm(clip_norm), rule)
     return rule
+
+
+def freeze_untrainable(optimizer: optax.GradientTransformation,
+                       trainable_mask: Callable[[Any], Any]) -> optax.GradientTransformation:
+    """`optimizer` on the parameters `trainable_mask(params)` marks True, zero updates (and no optimizer state)
+    for the others; a mask of None trains everything. The mask is computed from the params the optimizer is
+    initialised with, so it follows the model (e.g. LoRA adapters only)."""
+    def labels(params: Any) -> Any:
+        mask = trainable_mask(params)
+        if mask is None:
+            return jax.tree.map(lambda _: "train", params)
+        return jax.tree.map(lambda trainable: "train" if trainable else "frozen", mask)
+
+    return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)

@@ -80,6 +80,8 @@ class Trainer:
                              f"divisible by the {dp} data-parallel devices of mesh {dict(self.mesh.shape)}")
         self.schedule = optim.learning_rate_schedule(total_steps=train_steps)
         self.optimizer = optim.make_optimizer(self.schedule)
+        if type(method).trainable_mask is not Method.trainable_mask:  # the method freezes some parameters
+            self.optimizer = optim.freeze_untrainable(self.optimizer, method.trainable_mask)
         self.iterator = ArrayBatchIterator(method.train_examples(), batch_size, seed=seed)
         self.batch_sharding = partitioning.batch_sharding(self.mesh)
         self.replicated = partitioning.replicated(self.mesh)

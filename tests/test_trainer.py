@@ -202,3 +202,21 @@ def test_only_the_primary_host_writes_metrics(tmp_path):
     log.write(1, {"loss": 1.0})
     log.close()
     assert not (tmp_path / "other_host").exists()
+
+
+def test_parameters_outside_the_trainable_mask_stay_fixed(tmp_path):
+    class FrozenFirstLayer(ToyMethod):
+        def trainable_mask(self, params):
+            return {"w1": False, "w2": True}
+
+    method = FrozenFirstLayer()
+    trainer = Trainer(method, model_dir=str(tmp_path), train_steps=5, batch_size=8, eval_at_start=False,
+                      log_every=5)
+    initial = trainer.initial_state(trainer.device_batch(trainer.iterator.peek()))
+    w1, w2 = np.asarray(initial.params["w1"]), np.asarray(initial.params["w2"])
+    state, _ = trainer.fit()
+    np.testing.assert_array_equal(np.asarray(state.params["w1"]), w1)
+    assert not np.allclose(np.asarray(state.params["w2"]), w2)
+    # The frozen parameter carries no Adam moments.
+    moment_sizes = [x.size for x in jax.tree.leaves(state.opt_state) if hasattr(x, "size") and x.ndim == 2]
+    assert sorted(moment_sizes) == [32 * CLASSES, 32 * CLASSES]

@@ -32,6 +32,11 @@ class Method:
         """Scalar loss and a dict of scalar metrics for one (micro)batch; traced under jit."""
         raise NotImplementedError
 
+    def trainable_mask(self, params: Params) -> Any:
+        """A pytree of bools like `params` (True = updated), e.g. only LoRA adapters; None trains everything.
+        The trainer gives frozen parameters zero updates and no optimizer state."""
+        return None
+
     def evaluate(self, params: Params) -> Metrics:
         """Evaluation metrics (host-side floats) on the method's evaluation data."""
         return {}
