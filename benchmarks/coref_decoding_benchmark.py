@@ -57,7 +57,7 @@ from kipjax import decoding
 from kipjax.methods.coref.constraints import FullLinearizationConstraint
 from kipjax.methods.coref.linearize import Symbols, copy_actions, drop_crossing_mentions, linearize, parse_full
 from kipjax.models import hf
-from kipjax.models.t5 import T5, T5Config
+from kipjax.models.t5 import T5, T5Config, is_cross_attention_cache
 from kipjax.run_log import atomic_write_text
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -247,7 +247,7 @@ def kipjax_search(model: T5, constraint: FullLinearizationConstraint, beams: int
         return decoding.beam_search(step, cache, batch_size=source.shape[0], beam_size=beams,
                                     max_length=max_length, start_token=START, eos_token=EOS,
                                     length_penalty=1.0, constraint=ScopedConstraint(constraint),
-                                    constraint_state=state)
+                                    constraint_state=state, beam_invariant_cache=is_cross_attention_cache)
 
     return jax.jit(search)
 

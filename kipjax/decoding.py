@@ -53,9 +53,15 @@ def repeat_for_beams(tree: Any, beam_size: int) -> Any:
     return jax.tree_util.tree_map(lambda x: jnp.repeat(x, beam_size, axis=0) if jnp.ndim(x) else x, tree)
 
 
-def gather_rows(tree: Any, rows: Array) -> Any:
-    """`x[rows]` for every non-scalar leaf: reorders caches and constraint states after beam selection."""
-    return jax.tree_util.tree_map(lambda x: jnp.take(x, rows, axis=0) if jnp.ndim(x) else x, tree)
+def gather_rows(tree: Any, rows: Array, keep: Callable[[tuple], bool] | None = None) -> Any:
+    """`x[rows]` for every non-scalar leaf: reorders caches and constraint states after beam selection. Leaves
+    whose key path `keep` accepts stay as they are (caches equal across one item's beams, e.g. T5's
+    cross-attention keys, since beams are only ever reordered within their item)."""
+    def take(path: tuple, x: Any) -> Any:
+        if not jnp.ndim(x) or (keep is not None and keep(path)):
+            return x
+        return x.at[rows].get(mode="promise_in_bounds")  # rows come from top-k: no bounds select needed
+    return jax.tree_util.tree_map_with_path(take, tree)
 
 
 def _length_penalised(log_probs: Array, length: Array | int, length_penalty: float) -> Array:
@@ -64,8 +70,10 @@ def _length_penalised(log_probs: Array, length: Array | int, length_penalty: flo
 
 def beam_search(step_fn: StepFn, cache: Any, *, batch_size: int, beam_size: int, max_length: int,
                 start_token: int, eos_token: int, pad_token: int = 0, length_penalty: float = 1.0,
-                constraint: Constraint | None = None, constraint_state: Any = None) -> BeamSearchOutput:
+                constraint: Constraint | None = None, constraint_state: Any = None,
+                beam_invariant_cache: Callable[[tuple], bool] | None = None) -> BeamSearchOutput:
     """Beam search over `step_fn`; `cache` and `constraint_state` already have batch x beams rows.
+    `beam_invariant_cache(path)` names cache leaves equal across one item's beams, which are never reordered.
 
     Traceable: call it inside `jax.jit` (with `step_fn` closing over the params) to compile the whole search.
     """
@@ -106,7 +114,7 @@ def beam_search(step_fn: StepFn, cache: Any, *, batch_size: int, beam_size: int,
         seqs = candidates[batch_rows, alive_pick]
         alive_scores = alive_top_scores
         rows = (jnp.arange(b)[:, None] * k + origin[batch_rows, alive_pick]).reshape(n)
-        cache = gather_rows(cache, rows)
+        cache = gather_rows(cache, rows, beam_invariant_cache)
         if constraint is not None:
             cstate = constraint.update(gather_rows(cstate, rows), seqs[:, :, i + 1].reshape(n))
 

@@ -224,6 +224,12 @@ class Seq2SeqOutput:
     encoder_last_hidden_state: Array
 
 
+def is_cross_attention_cache(path: tuple) -> bool:
+    """Whether a `cache` leaf (by key path) holds encoder keys/values: the same for every beam of an input, so
+    beam search need not reorder it (`decoding.beam_search(..., beam_invariant_cache=...)`)."""
+    return getattr(path[-1], "key", path[-1]) in ("cross_key", "cross_value")
+
+
 class T5(nn.Module):
     """`__call__(input_ids, attention_mask, decoder_input_ids)` -> Seq2SeqOutput with `logits`."""
 

@@ -11,7 +11,7 @@ import transformers
 
 from kipjax import decoding
 from kipjax.models import hf
-from kipjax.models.t5 import T5, T5Config, relative_position_bucket
+from kipjax.models.t5 import T5, T5Config, is_cross_attention_cache, relative_position_bucket
 from torch_init import randomized
 
 STYLES = {
@@ -166,7 +166,8 @@ def test_cached_beam_search_matches_transformers_generate(tmp_path):
             return logits[:, 0], state["cache"]
 
         return decoding.beam_search(step, state["cache"], batch_size=SOURCE.shape[0], beam_size=beams,
-                                    max_length=max_length, start_token=0, eos_token=1)
+                                    max_length=max_length, start_token=0, eos_token=1,
+                                    beam_invariant_cache=is_cross_attention_cache)
 
     out = search(params)
     got = np.asarray(out.sequences)[:, :, :expected_seqs.shape[-1]]

@@ -37,7 +37,7 @@ from kipjax.methods.coref.vocabulary import (add_coref_tokens, init_new_token_ro
 from kipjax.methods.encoder_setup import COMPUTE_DTYPES
 from kipjax.metrics import coref as coref_metrics
 from kipjax.models import hf
-from kipjax.models.t5 import T5, T5Config
+from kipjax.models.t5 import T5, T5Config, is_cross_attention_cache
 from kipjax.partitioning import fill_boxed
 
 LENGTH_MULTIPLE = 32  # padded lengths are rounded up to this, so similar corpora share compiled shapes
@@ -211,7 +211,7 @@ class Seq2seqCoref(Method):
                                    max_length=max_length, start_token=cfg.decoder_start_token_id,
                                    eos_token=cfg.eos_token_id, pad_token=cfg.pad_token_id,
                                    length_penalty=self.length_penalty, constraint=self.constraint,
-                                   constraint_state=cstate)
+                                   constraint_state=cstate, beam_invariant_cache=is_cross_attention_cache)
         return out.sequences[:, 0]
 
     def decode_segments(self, params: Params, segments: list[feat.Segment]) -> list[list[int]]:
