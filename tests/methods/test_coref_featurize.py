@@ -146,8 +146,3 @@ def test_unsupported_representations_are_refused():
         feat.check_representation("full", "middle", "token")
     feat.check_representation("full", "free", "copy")
 
-
-def test_pad_rows_refuses_rows_longer_than_the_length():
-    assert feat.pad_rows([[1, 2], [3]], 3, pad=9).tolist() == [[1, 2, 9], [3, 9, 9]]
-    with pytest.raises(ValueError, match="row 1 has 3 tokens"):
-        feat.pad_rows([[1], [1, 2, 3]], 2)

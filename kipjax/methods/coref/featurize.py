@@ -192,16 +192,6 @@ def check_representation(representation: str, identity: str, actions: str) -> No
         raise ValueError("identity='before' is the token-action ablation of Table 7.4; use actions='token'")
 
 
-def pad_rows(rows: Sequence[Sequence[int]], length: int, pad: int = 0) -> np.ndarray:
-    """int32 [len(rows), length], rows left-aligned and padded with `pad`; a longer row raises ValueError."""
-    out = np.full((len(rows), length), pad, np.int32)
-    for i, row in enumerate(rows):
-        if len(row) > length:
-            raise ValueError(f"row {i} has {len(row)} tokens, more than the padded length {length}")
-        out[i, :len(row)] = row
-    return out
-
-
 def word_clusters(piece_clusters: Sequence[Sequence[Span]], segment: Segment) -> list[list[Span]]:
     """Segment-relative piece spans -> word spans of the document; a span that starts or ends on an inserted
     speaker piece is dropped."""

@@ -15,7 +15,6 @@ unconstrained.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import defaultdict
 from typing import Any, Mapping
 
@@ -28,6 +27,7 @@ import optax
 from kipjax import decoding
 from kipjax.data.coref import read_document_files, write_jsonlines
 from kipjax.data.iterator import fixed_size_batches
+from kipjax.data.padding import pad_rows, round_up
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.coref import featurize as feat
 from kipjax.methods.coref import linearize as lin
@@ -41,10 +41,6 @@ from kipjax.models.t5 import T5, T5Config, is_cross_attention_cache
 from kipjax.partitioning import fill_boxed
 
 LENGTH_MULTIPLE = 32  # padded lengths are rounded up to this, so similar corpora share compiled shapes
-
-
-def _round_up(n: int, multiple: int = LENGTH_MULTIPLE) -> int:
-    return max(multiple, math.ceil(n / multiple) * multiple)
 
 
 @gin.configurable
@@ -150,18 +146,18 @@ class Seq2seqCoref(Method):
         """Padded training arrays; targets longer than `max_target_length` are cut (counted in a warning)."""
         sources, inputs, targets = zip(*examples)
         longest = max(len(t) for t in targets)
-        target_length = _round_up(min(longest, max_target_length or longest), 8)
+        target_length = round_up(min(longest, max_target_length or longest), 8)
         cut = sum(len(t) > target_length for t in targets)
         if cut:
             print(f"Seq2seqCoref: {cut} of {len(targets)} training targets are longer than {target_length} "
                   "tokens and were cut (raise max_target_length)", flush=True)
-        source_length = _round_up(max(len(s) for s in sources), 8)
-        return {"input_ids": feat.pad_rows(sources, source_length, self.model_config.pad_token_id),
-                "attention_mask": feat.pad_rows([[1] * len(s) for s in sources], source_length),
-                "decoder_input_ids": feat.pad_rows([z[:target_length] for z in inputs], target_length,
+        source_length = round_up(max(len(s) for s in sources), 8)
+        return {"input_ids": pad_rows(sources, source_length, self.model_config.pad_token_id),
+                "attention_mask": pad_rows([[1] * len(s) for s in sources], source_length),
+                "decoder_input_ids": pad_rows([z[:target_length] for z in inputs], target_length,
                                                    self.model_config.pad_token_id),
-                "targets": feat.pad_rows([y[:target_length] for y in targets], target_length),
-                "target_mask": feat.pad_rows([[1] * min(len(y), target_length) for y in targets], target_length)}
+                "targets": pad_rows([y[:target_length] for y in targets], target_length),
+                "target_mask": pad_rows([[1] * min(len(y), target_length) for y in targets], target_length)}
 
     @property
     def model_config(self) -> T5Config:
@@ -217,10 +213,10 @@ class Seq2seqCoref(Method):
     def decode_segments(self, params: Params, segments: list[feat.Segment]) -> list[list[int]]:
         """The best linearization of each segment, up to and including eos when it was reached."""
         sources = [feat.encoder_source(s, self.symbols, self.representation) for s in segments]
-        source_length = _round_up(max(len(s) for s in sources) + 1)  # + eos
+        source_length = round_up(max(len(s) for s in sources) + 1, LENGTH_MULTIPLE)  # + eos
         max_length = self.max_decode_length or 2 * source_length
-        ids = feat.pad_rows([s + [self.symbols.eos] for s in sources], source_length, self.model_config.pad_token_id)
-        mask = feat.pad_rows([[1] * (len(s) + 1) for s in sources], source_length)
+        ids = pad_rows([s + [self.symbols.eos] for s in sources], source_length, self.model_config.pad_token_id)
+        mask = pad_rows([[1] * (len(s) + 1) for s in sources], source_length)
         lengths = np.asarray([len(s) for s in sources], np.int32)  # the constraint's source: no eos
         best = [np.asarray(self._jit_decode(params, i, m, n, max_length))
                 for i, m, n in fixed_size_batches(self.eval_batch_size, ids, mask, lengths)]
