@@ -13,29 +13,21 @@ method's (full linearization with copy actions, 2048-piece segments with stride 
 from __future__ import annotations
 
 import functools
-import os
 from typing import Callable, Mapping, NamedTuple
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow loads: keep its C++ logging quiet
-
 import gin
-import numpy as np
-import seqio
-import tensorflow as tf
 
 from kipjax.data.coref import read_document_files
 from kipjax.data.demo_coref import demo_coref_path
 from kipjax.methods.coref.featurize import training_examples
 from kipjax.methods.coref.vocabulary import add_coref_tokens
 from kipjax.models.hf import load_tokenizer
+from tasks.token_tasks import register_token_task, split_file_pairs
 
 COREF_TASK = "coref_seq2seq"
 DEMO_COREF_TASK = "demo_coref_seq2seq"
 SPLITS = ("train", "validation", "test")
 FEATURES = ("inputs", "decoder_input_ids", "targets")
-# Ids come featurized, so the vocabulary only passes them through (its size is unused).
-OUTPUT_FEATURES = {name: seqio.Feature(seqio.PassThroughVocabulary(size=0), add_eos=False, dtype=tf.int32)
-                   for name in FEATURES}
 
 
 class CorefTaskSettings(NamedTuple):
@@ -58,10 +50,7 @@ def coref_task_settings(split_files: Mapping[str, str] | None = None, tokenizer_
     if not split_files or not tokenizer_dir:
         raise ValueError(f"task {COREF_TASK!r} needs coref_task_settings.split_files (split -> file) and "
                          "coref_task_settings.tokenizer_dir in gin")
-    unknown = sorted(set(split_files) - set(SPLITS))
-    if unknown:
-        raise ValueError(f"coref_task_settings.split_files: unknown splits {unknown}; expected some of {SPLITS}")
-    return CorefTaskSettings(tuple(sorted(split_files.items())), tokenizer_dir, representation, identity,
+    return CorefTaskSettings(split_file_pairs("coref_task_settings.split_files", split_files, SPLITS), tokenizer_dir, representation, identity,
                              actions, max_segment_length, segment_stride, max_clusters)
 
 
@@ -95,26 +84,5 @@ def split_examples(task_name: str, split: str) -> list[tuple[list[int], list[int
     return _examples(_SETTINGS[task_name](), split)
 
 
-def _dataset_fn(task_name: str) -> Callable[..., tf.data.Dataset]:
-    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-        del shuffle_files, seed  # one in-memory source; Task.get_dataset(shuffle=True) shuffles examples
-        examples = split_examples(task_name, split)
-
-        def generate():
-            for example in examples:
-                yield {name: np.asarray(ids, np.int32) for name, ids in zip(FEATURES, example)}
-
-        signature = {name: tf.TensorSpec([None], tf.int32) for name in FEATURES}
-        return tf.data.Dataset.from_generator(generate, output_signature=signature)
-    return dataset_fn
-
-
-def _register(task_name: str) -> None:
-    if task_name in seqio.TaskRegistry.names():  # re-import (e.g. importlib.reload) keeps the registration
-        return
-    seqio.TaskRegistry.add(task_name, source=seqio.FunctionDataSource(_dataset_fn(task_name), splits=SPLITS),
-                           output_features=OUTPUT_FEATURES, shuffle_buffer_size=65536)
-
-
-_register(COREF_TASK)
-_register(DEMO_COREF_TASK)
+register_token_task(COREF_TASK, functools.partial(split_examples, COREF_TASK), FEATURES, SPLITS)
+register_token_task(DEMO_COREF_TASK, functools.partial(split_examples, DEMO_COREF_TASK), FEATURES, SPLITS)
