@@ -15,7 +15,8 @@ Relation vocabulary: rel2id.json maps the no-relation label `Na` to 0 and each p
 96 relations, 97 entries); rel_info.json maps property ids to names ("P17": "country").
 
 Submissions: one JSON list of {"title", "h_idx", "t_idx", "r"[, "evidence"]}, the format of DocRED's CodaLab
-and of `kipjax.metrics.docre`.
+and of `kipjax.metrics.docre`. Candidate pairs (LMRC stage 1's output, stage 2's input): the same list
+without `r`, {"title", "h_idx", "t_idx"}, one record per proposed ordered entity pair.
 
 Malformed input raises ValueError naming the file, the document (0-based index and title) or prediction, and
 the field, because a silently skipped mention or label changes every downstream number.
@@ -260,3 +261,43 @@ def prediction_record(prediction: Prediction) -> dict[str, Any]:
 def write_predictions(path: str | Path, predictions: Iterable[Prediction]) -> None:
     """Writes a submission file atomically (readers never see half of it)."""
     atomic_write_text(str(path), json.dumps([prediction_record(p) for p in predictions], ensure_ascii=False))
+
+
+# ------------------------------------------------------------------------------------------ candidate pairs
+
+def write_candidate_pairs(path: str | Path, docs: Iterable[DocredDocument],
+                          pairs: Iterable[Iterable[tuple[int, int]]]) -> None:
+    """Writes each document's candidate (head, tail) pairs as {"title", "h_idx", "t_idx"} records, atomically."""
+    records = [{"title": doc.title, "h_idx": int(h), "t_idx": int(t)}
+               for doc, doc_pairs in zip(docs, pairs) for h, t in doc_pairs]
+    atomic_write_text(str(path), json.dumps(records, ensure_ascii=False))
+
+
+def read_candidate_pairs(path: str | Path, docs: list[DocredDocument]) -> list[list[tuple[int, int]]]:
+    """Per document of `docs` (matched by title), its candidate pairs in file order, duplicates dropped; a
+    document the file does not list has none. Unknown titles, entity indices out of range and h == t are
+    errors naming the record, as are titles that `docs` repeats (a pair would be ambiguous)."""
+    index: dict[str, int] = {}
+    for i, doc in enumerate(docs):
+        if doc.title in index:
+            raise ValueError(f"{path}: the documents repeat the title {doc.title!r}, so its candidate pairs are "
+                             f"ambiguous")
+        index[doc.title] = i
+    out: list[list[tuple[int, int]]] = [[] for _ in docs]
+    seen: set[tuple[int, int, int]] = set()
+    for k, record in enumerate(_load_json(path, list)):
+        where = f"{path}: record {k}"
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a pair object, got {type(record).__name__}")
+        title = required_field(record, "title", str, where)
+        head, tail = required_field(record, "h_idx", int, where), required_field(record, "t_idx", int, where)
+        if title not in index:
+            raise ValueError(f"{where}: title {title!r} is not a document of the evaluated file")
+        num_entities = len(docs[index[title]].entities)
+        if not (0 <= head < num_entities and 0 <= tail < num_entities) or head == tail:
+            raise ValueError(f"{where} ({title!r}): pair ({head}, {tail}) must be two different entities in "
+                             f"0..{num_entities - 1}")
+        if (index[title], head, tail) not in seen:
+            seen.add((index[title], head, tail))
+            out[index[title]].append((head, tail))
+    return out

@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from kipjax.data.docred import (Entity, Fact, Mention, Prediction, read_docred, read_predictions, read_rel2id,
-                                read_rel_info, write_predictions)
+from kipjax.data.docred import (Entity, Fact, Mention, Prediction, read_candidate_pairs, read_docred,
+                                read_predictions, read_rel2id, read_rel_info, write_candidate_pairs,
+                                write_predictions)
 
 DOC = {
     "title": "Seine",
@@ -140,3 +141,33 @@ def test_malformed_predictions(tmp_path, record, message):
     path = write_json(tmp_path, "result.json", [{"title": "Seine", "h_idx": 0, "t_idx": 1, "r": "P17"}, record])
     with pytest.raises(ValueError, match=r"result\.json: prediction 1: " + message):
         read_predictions(path)
+
+
+def test_candidate_pairs_round_trip(tmp_path):
+    other = {**DOC, "title": "Rhine"}
+    docs = read_docred(write_json(tmp_path, "dev.json", [DOC, other]))
+    write_candidate_pairs(tmp_path / "candidates.json", docs, [[(0, 1), (2, 0)], []])
+    assert json.loads((tmp_path / "candidates.json").read_text()) == [
+        {"title": "Seine", "h_idx": 0, "t_idx": 1}, {"title": "Seine", "h_idx": 2, "t_idx": 0}]
+    assert read_candidate_pairs(tmp_path / "candidates.json", docs) == [[(0, 1), (2, 0)], []]
+    repeated = [{"title": "Rhine", "h_idx": 1, "t_idx": 2}] * 2 + [{"title": "Seine", "h_idx": 1, "t_idx": 0}]
+    assert read_candidate_pairs(write_json(tmp_path, "c.json", repeated), docs) == [[(1, 0)], [(1, 2)]]
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"title": "Loire", "h_idx": 0, "t_idx": 1}, "record 0: title 'Loire' is not a document"),
+    ({"title": "Seine", "h_idx": 0, "t_idx": 3}, r"record 0 \('Seine'\): pair \(0, 3\) must be two different"),
+    ({"title": "Seine", "h_idx": 1, "t_idx": 1}, r"pair \(1, 1\)"),
+    ({"title": "Seine", "h_idx": "0", "t_idx": 1}, "record 0: field 'h_idx' must be int"),
+    ({"title": "Seine", "t_idx": 1}, "record 0: missing field 'h_idx'"),
+])
+def test_malformed_candidate_pairs_name_the_record(tmp_path, record, message):
+    docs = read_docred(write_json(tmp_path, "dev.json", [DOC]))
+    with pytest.raises(ValueError, match=message):
+        read_candidate_pairs(write_json(tmp_path, "c.json", [record]), docs)
+
+
+def test_candidate_pairs_need_distinct_titles(tmp_path):
+    docs = read_docred(write_json(tmp_path, "dev.json", [DOC, DOC]))
+    with pytest.raises(ValueError, match="repeat the title 'Seine'"):
+        read_candidate_pairs(write_json(tmp_path, "c.json", []), docs)

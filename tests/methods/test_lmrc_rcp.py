@@ -7,7 +7,7 @@ import pytest
 from flax import linen as nn
 
 from kipjax.data.demo_docred import demo_docred_path
-from kipjax.data.docred import DocredDocument, Entity, Fact, Mention
+from kipjax.data.docred import DocredDocument, Entity, Fact, Mention, read_candidate_pairs
 from kipjax.methods.lmrc import rcp, rcp_features
 from kipjax.models.bert import BertConfig
 from kipjax.models.hf import load_tokenizer
@@ -135,13 +135,14 @@ def test_candidate_metrics_by_hand():
                                                        "fraction_kept": 0.5}
 
 
-def test_method_trains_a_step_and_proposes_pairs_above_the_threshold(monkeypatch):
+def test_method_trains_a_step_and_proposes_pairs_above_the_threshold(tmp_path):
     config = BertConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=130, add_pooler=False)
     method = rcp.RelationCandidateProposal(
         train_file=demo_docred_path("dev.json"), eval_file=demo_docred_path("dev.json"),
         tokenizer_dir=demo_docred_path("bert_tokenizer"), encoder_config=config, max_length=126, window=64,
-        stride=32, max_entities=14, max_mentions=8, block_size=16, threshold=0.4, eval_batch_size=16)
+        stride=32, max_entities=14, max_mentions=8, block_size=16, threshold=0.4, eval_batch_size=16,
+        candidates_file=str(tmp_path / "candidates.json"))
     batch = {k: v[:2] for k, v in method.train_examples().items()}
     params = nn.unbox(method.init(jax.random.PRNGKey(0), batch))
     loss, metrics = method.loss(params, batch, jax.random.PRNGKey(1))
@@ -155,4 +156,10 @@ def test_method_trains_a_step_and_proposes_pairs_above_the_threshold(monkeypatch
         expected = {(int(h), int(t)) for h, t, p in zip(features["pair_heads"][i][real], features["pair_tails"][i][real],
                                                         probabilities[i][real]) if p > 0.4}
         assert set(pairs) == expected and all(h != t for h, t in pairs)
-    assert set(method.evaluate(params)) == {"candidate_recall", "candidate_precision", "fraction_kept"}
+    metrics = method.evaluate(params)
+    assert set(metrics) == {"candidate_recall", "candidate_precision", "fraction_kept"}
+    # Evaluation hands its proposals to stage 2 through the candidates file.
+    written = read_candidate_pairs(tmp_path / "candidates.json", method.eval_documents)
+    assert written == method.propose(params, method.eval_documents)
+    total = sum(len(d.entities) * (len(d.entities) - 1) for d in method.eval_documents)
+    assert sum(map(len, written)) / total == pytest.approx(metrics["fraction_kept"])

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import linen as nn
 
-from kipjax.data.docred import DocredDocument, read_docred
+from kipjax.data.docred import DocredDocument, read_docred, write_candidate_pairs
 from kipjax.data.iterator import fixed_size_batches
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import setup_encoder, with_pretrained_encoders
@@ -193,6 +193,8 @@ class RelationCandidateProposal(Method):
       block_size: the grouped bilinear block (64). loss: 'bce' or 'atl' (equal for two classes).
       threshold: propose a pair when sigmoid(s) > threshold; lower keeps more candidates for stage 2.
       eval_batch_size: documents per evaluation batch.
+      candidates_file: if set, evaluation writes the evaluation documents' proposed pairs there
+        (`kipjax.data.docred.write_candidate_pairs`), the input of stage 2 (`RelationClassification`).
     """
 
     def __init__(
@@ -211,6 +213,7 @@ class RelationCandidateProposal(Method):
         loss: str = "bce",
         threshold: float = 0.5,
         eval_batch_size: int = 4,
+        candidates_file: str | None = None,
         compute_dtype: str = "float32",
         remat: bool = False,
         scan_layers: bool = False,
@@ -225,6 +228,7 @@ class RelationCandidateProposal(Method):
         self.model = CandidateClassifier(setup.config, block_size, window, stride, self.tokenizer.cls_token_id,
                                          self.tokenizer.sep_token_id)
         self.loss_kind, self.threshold, self.eval_batch_size = loss, threshold, eval_batch_size
+        self.candidates_file = candidates_file
         self.shape = dict(max_length=max_length, max_entities=max_entities, max_mentions=max_mentions)
         self.train_documents = read_docred(train_file)
         self._train = self.featurize(self.train_documents)
@@ -279,16 +283,22 @@ class RelationCandidateProposal(Method):
             out.append(np.asarray(jax.nn.sigmoid(related_score(self._jit_scores(params, dict(zip(names, arrays)))))))
         return np.concatenate(out)[:len(features["input_ids"])]
 
+    def _kept_pairs(self, features: Mapping[str, np.ndarray], proposed: np.ndarray) -> list[list[tuple[int, int]]]:
+        """Per document, its real pair slots that `proposed` [N, P] keeps, as (head, tail) entity indices."""
+        return [[(int(h), int(t)) for h, t, keep, real in zip(features["pair_heads"][i], features["pair_tails"][i],
+                                                             proposed[i], features["pair_mask"][i]) if keep and real]
+                for i in range(len(proposed))]
+
     def propose(self, params: Params, docs: Sequence[DocredDocument]) -> list[list[tuple[int, int]]]:
         """Per document, the ordered entity pairs whose probability of a relation exceeds the threshold."""
         features = self.featurize(docs)
-        proposed = self.probabilities(params, features) > self.threshold
-        return [[(int(h), int(t)) for h, t, keep, real in zip(features["pair_heads"][i], features["pair_tails"][i],
-                                                             proposed[i], features["pair_mask"][i]) if keep and real]
-                for i in range(len(docs))]
+        return self._kept_pairs(features, self.probabilities(params, features) > self.threshold)
 
     def evaluate(self, params: Params) -> Metrics:
-        """Candidate recall / precision / fraction of pairs kept on the evaluation documents at the threshold."""
+        """Candidate recall / precision / fraction of pairs kept on the evaluation documents at the threshold;
+        writes the proposed pairs to `candidates_file` if set."""
         mask = self._eval["pair_mask"]
         proposed = self.probabilities(params, self._eval) > self.threshold
+        if self.candidates_file:
+            write_candidate_pairs(self.candidates_file, self.eval_documents, self._kept_pairs(self._eval, proposed))
         return candidate_metrics(self._eval["pair_labels"][mask], proposed[mask])
