@@ -84,8 +84,10 @@ def test_relation_trie():
 
 def test_gold_answers_are_allowed_step_by_step(tokenizer, constraint, compiled, rows):
     allowed, update = compiled
-    gold = [tokenizer(prompts.build_answer(d, pairs, RELATIONS), add_special_tokens=False)["input_ids"]
-            + [tokenizer.eos_token_id] for d, pairs in rows]
+    gold = [ac.encode_answer(tokenizer, d, pairs, RELATIONS) for d, pairs in rows]
+    # With the demo's word-level tokenizer, the answer assembled piece by piece is the answer text's encoding.
+    assert gold == [tokenizer(prompts.build_answer(d, pairs, RELATIONS), add_special_tokens=False)["input_ids"]
+                    + [tokenizer.eos_token_id] for d, pairs in rows]
     width = max(map(len, gold))
     tokens = np.full((len(rows), width + 2), tokenizer.eos_token_id, np.int32)
     for i, ids in enumerate(gold):
@@ -194,3 +196,32 @@ def test_constrained_beam_search_with_random_model(tokenizer, constraint, rows, 
         for b in range(beams):
             if scores[i, b] > -1e8:
                 assert_well_formed(tokenizer, row, sequences[i, b], row_lengths[i])
+
+
+def test_answers_assembled_from_pieces_fit_the_constraint_under_a_byte_level_bpe_tokenizer(rows):
+    """With byte-level BPE a piece's tokens depend on its context (" (" is not "("), so the training targets
+    are assembled from the pieces the constraint forces: they must pass it and parse back to the gold facts."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    texts = [prompts.build_prompt(d, pairs, RELATIONS) + " " + prompts.build_answer(d, pairs, RELATIONS)
+             for d, pairs in rows]
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "</s>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
+    answer = prompts.build_answer(rows[0][0], rows[0][1], RELATIONS)
+    assert ac.encode_answer(tokenizer, rows[0][0], rows[0][1], RELATIONS)[:-1] != tokenizer(answer)["input_ids"]
+    constraint = ac.answer_constraint_from_tokenizer(tokenizer, RELATIONS)
+    allowed, update = jax.jit(constraint.allowed), jax.jit(constraint.update)
+    for doc, pairs in rows[:4]:
+        gold = ac.encode_answer(tokenizer, doc, pairs, RELATIONS)
+        state = init(constraint, tokenizer, [(doc, pairs)], len(gold))
+        for step, token in enumerate(gold):
+            assert np.asarray(allowed(state))[0, token], f"step {step}"
+            state = update(state, jnp.asarray([token]))
+        parsed = prompts.parse_answer(tokenizer.decode(gold[:-1]), doc, pairs, RELATIONS)
+        assert parsed.malformed == 0
+        assert set(parsed.facts) == {(f.h, f.t, f.r) for f in doc.facts if (f.h, f.t) in pairs}

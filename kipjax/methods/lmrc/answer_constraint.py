@@ -37,8 +37,8 @@ import numpy as np
 
 from kipjax.data.docred import DocredDocument
 from kipjax.decoding import NEG_INF, constraint_state
-from kipjax.methods.lmrc.prompts import (NONE_NAME, Pair, check_relation_names, entity_name, triple_prefix,
-                                         triple_suffix)
+from kipjax.methods.lmrc.prompts import (NONE_NAME, Pair, answer_triples, check_relation_names, entity_name,
+                                         triple_prefix, triple_suffix)
 
 Array = jax.Array
 SAME, NEXT = 0, 1  # candidates of the triple being written
@@ -275,12 +275,27 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def answer_constraint_from_tokenizer(tokenizer: Any, relation_names: Mapping[str, str]) -> AnswerConstraint:
-    """The constraint over `tokenizer`'s encoding of the relation names (then `none`)."""
+def encode_answer(tokenizer: Any, doc: DocredDocument, pairs: Sequence[Pair],
+                  relation_names: Mapping[str, str]) -> list[int]:
+    """The gold answer's token ids, then EOS, assembled from the very pieces the constraint forces and reads
+    (each triple's `( head |`, relation and `| tail )` encoded on their own), so that training targets and
+    constrained decoding agree for any tokenizer, including BPE ones where a piece's tokens depend on what
+    precedes it in a longer string."""
+    ids: list[int] = []
+    for head, relation, tail in answer_triples(doc, pairs, relation_names):
+        ids += _encode(tokenizer, triple_prefix(head)) + _encode(tokenizer, relation)
+        ids += _encode(tokenizer, triple_suffix(tail))
+    return ids + [tokenizer.eos_token_id]
+
+
+def answer_constraint_from_tokenizer(tokenizer: Any, relation_names: Mapping[str, str],
+                                     vocab_size: int | None = None) -> AnswerConstraint:
+    """The constraint over `tokenizer`'s encoding of the relation names (then `none`), masking logits of
+    `vocab_size` entries (default the tokenizer's size; a model's embedding table is often padded larger)."""
     check_relation_names(relation_names)
     sequences = [_encode(tokenizer, " ".join(name.split())) for name in relation_names.values()]
     trie = build_relation_trie(sequences + [_encode(tokenizer, NONE_NAME)])
-    return AnswerConstraint(trie=trie, vocab_size=len(tokenizer), eos_token=tokenizer.eos_token_id)
+    return AnswerConstraint(trie=trie, vocab_size=vocab_size or len(tokenizer), eos_token=tokenizer.eos_token_id)
 
 
 def encode_pair_lists(tokenizer: Any, rows: Sequence[tuple[DocredDocument, Sequence[Pair]]],

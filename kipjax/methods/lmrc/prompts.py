@@ -88,10 +88,11 @@ def build_prompt(doc: DocredDocument, pairs: Sequence[Pair], relation_names: Map
     return f"Relations : {relations} Document : {' '.join(doc.tokens)} Pairs : {listed} Answer :"
 
 
-def build_answer(doc: DocredDocument, pairs: Sequence[Pair], relation_names: Mapping[str, str]) -> str:
-    """For each pair in order, `( head | relation | tail )` per gold relation (in `relation_names` order, which
-    should be rel2id order), or `( head | none | tail )` when the pair has none. A gold relation missing from
-    `relation_names` is a ValueError naming the document."""
+def answer_triples(doc: DocredDocument, pairs: Sequence[Pair],
+                   relation_names: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """The gold answer as (head name, relation name or `none`, tail name) triples: for each pair in order, one
+    per gold relation (in `relation_names` order, which should be rel2id order), or one `none` triple when the
+    pair has none. A gold relation missing from `relation_names` is a ValueError naming the document."""
     check_relation_names(relation_names)
     order = {relation: i for i, relation in enumerate(relation_names)}
     gold: dict[Pair, set[str]] = {}
@@ -106,8 +107,13 @@ def build_answer(doc: DocredDocument, pairs: Sequence[Pair], relation_names: Map
             raise ValueError(f"document {doc.title!r}: relation(s) {unknown} of pair {tuple(pair)} have no name "
                              f"in relation_names")
         names = [_normalise(relation_names[r]) for r in sorted(relations, key=order.__getitem__)]
-        triples += [format_triple(head, name, tail) for name in names or [NONE_NAME]]
-    return " ".join(triples)
+        triples += [(head, name, tail) for name in names or [NONE_NAME]]
+    return triples
+
+
+def build_answer(doc: DocredDocument, pairs: Sequence[Pair], relation_names: Mapping[str, str]) -> str:
+    """The gold answer text: `answer_triples` written out, `( head | relation | tail ) ...`."""
+    return " ".join(format_triple(*triple) for triple in answer_triples(doc, pairs, relation_names))
 
 
 @dataclasses.dataclass(frozen=True)
