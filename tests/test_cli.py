@@ -59,7 +59,9 @@ def test_index_needs_something_to_write(tmp_path, capsys):
 @pytest.mark.parametrize("run_file", ["cpu_tiny", "gpu_1", "tpu_v4_32"])
 @pytest.mark.parametrize("config", ["quickstart.gin", "hard_nce/zeshel.gin", "hard_nce/zeshel_som.gin",
                                     "hard_nce/zeshel_rerank.gin", "hard_nce/demo_rerank.gin", "coref/demo.gin",
-                                    "coref/t0_3b.gin", "coref/flan_t5_xl.gin", "lmrc/demo_rcp.gin"])
+                                    "coref/t0_3b.gin", "coref/flan_t5_xl.gin", "lmrc/demo_rcp.gin", "lmrc/demo_rc.gin",
+                                    "lmrc/docred_rcp_roberta_large.gin", "lmrc/docred_rc_llama3_2_3b.gin",
+                                    "lmrc/docred_rc_llama3_1_8b.gin"])
 def test_every_config_composes_with_every_run_file(config, run_file):
     """Parsing checks every binding against the configurables' signatures, so a stale name fails here."""
     gin.parse_config_files_and_bindings([f"gin_configs/{config}", f"gin_configs/runs/{run_file}.gin"],
