@@ -15,6 +15,7 @@ on the same pairs.
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 from typing import Any, Mapping, Sequence
 
@@ -52,6 +53,14 @@ def relation_names_of(rel_info_file: str, rel2id_file: str | None = None) -> dic
     return {relation: names[relation] for relation in sorted(rel2id, key=rel2id.__getitem__) if relation != "Na"}
 
 
+def _candidates(path: str, docs: list[DocredDocument]) -> list[list[Pair]]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"RelationClassification: no candidates file {path}; run stage 1 first "
+                                "(RelationCandidateProposal with candidates_file set writes it at evaluation), or "
+                                "set the candidates file to None to classify every pair")
+    return read_candidate_pairs(path, docs)
+
+
 @dataclasses.dataclass(frozen=True)
 class Classified:
     """Stage 2's output over a set of prompts."""
@@ -73,7 +82,8 @@ class RelationClassification(Method):
         else `model_config` trains from scratch.
       lora_rank / lora_alpha / lora_targets: None keeps the config's; lora_rank > 0 trains only the adapters.
       group_size: pairs per prompt (18 in the paper). negative_ratio: random unrelated pairs per related pair
-        in the training prompts. train_candidates_file: stage-1 candidates of the training documents, added
+        in the training prompts. negative_draws: independent draws of those negatives, each a separate set of
+        prompts for the document (more varied prompts from a small corpus). train_candidates_file: stage-1 candidates of the training documents, added
         to the training pairs. seed: the negative sampling.
       eval_candidates_file: stage-1 candidates of the evaluation documents (`RelationCandidateProposal`'s
         `candidates_file`); None classifies every ordered pair (the paper's ablation without stage 1).
@@ -99,6 +109,7 @@ class RelationClassification(Method):
         lora_targets: Sequence[str] | None = None,
         group_size: int = 18,
         negative_ratio: float = 1.0,
+        negative_draws: int = 1,
         train_candidates_file: str | None = None,
         seed: int = 0,
         eval_candidates_file: str | None = None,
@@ -145,18 +156,18 @@ class RelationClassification(Method):
                                                            self.model.config.vocab_size)
 
         self.train_documents = read_docred(train_file, self.relation_names.keys())
-        train_candidates = (read_candidate_pairs(train_candidates_file, self.train_documents)
+        train_candidates = (_candidates(train_candidates_file, self.train_documents)
                             if train_candidates_file else [[] for _ in self.train_documents])
         rng = random.Random(seed)
-        train_pairs = [rc_features.training_pairs(doc, negative_ratio, rng, candidates)
-                       for doc, candidates in zip(self.train_documents, train_candidates)]
-        self._train = rc_features.training_arrays(
-            self.tokenizer, self.train_documents, rc_features.prompt_rows(train_pairs, group_size),
-            self.relation_names, max_length)
+        train_rows = [row for _ in range(negative_draws) for row in rc_features.prompt_rows(
+            [rc_features.training_pairs(doc, negative_ratio, rng, candidates)
+             for doc, candidates in zip(self.train_documents, train_candidates)], group_size)]
+        self._train = rc_features.training_arrays(self.tokenizer, self.train_documents, train_rows,
+                                                  self.relation_names, max_length)
 
         self.eval_documents = read_docred(eval_file)[:eval_max_documents]
-        self.eval_pairs = (read_candidate_pairs(eval_candidates_file, self.eval_documents)
-                           if eval_candidates_file else [rc_features.all_pairs(d) for d in self.eval_documents])
+        self.eval_pairs = (_candidates(eval_candidates_file, self.eval_documents) if eval_candidates_file
+                           else [rc_features.all_pairs(d) for d in self.eval_documents])
         self.type_rules = fit_type_rules(self.train_documents)
         self._jit_decode = jax.jit(self._decode, static_argnums=(3, 4))
 

@@ -65,7 +65,7 @@ def encode_prompt(tokenizer: Any, doc: DocredDocument, pairs: Sequence[Pair],
 
 
 def training_arrays(tokenizer: Any, docs: Sequence[DocredDocument], rows: Sequence[PromptRow],
-                    relation_names: Mapping[str, str], max_length: int, multiple: int = 32) -> dict[str, np.ndarray]:
+                    relation_names: Mapping[str, str], max_length: int, multiple: int = 8) -> dict[str, np.ndarray]:
     """Right-padded [N, L] `input_ids`, `attention_mask`, `targets` (the next token) and `loss_mask` (1 where
     the target is an answer token or EOS), L the longest row rounded up to `multiple`, at most `max_length`.
     A sequence longer than `max_length` + 1 tokens would lose its answer's end, so its row is dropped and the
