@@ -231,7 +231,8 @@ class RelationClassification(Method):
 
     def answer(self, params: Params, docs: Sequence[DocredDocument], rows: Sequence[rc_features.PromptRow]
                ) -> list[str]:
-        """The decoded answer text of each prompt row."""
+        """The decoded answer text of each prompt row. Rows are decoded in batches of similar prompt length,
+        each padded to its own longest prompt and answer budget (rounded up, so batches share compilations)."""
         prompts = [rc_features.encode_prompt(self.tokenizer, docs[r.doc_index], r.pairs, self.relation_names)
                    for r in rows]
         cues = {p[-1] for p in prompts}
@@ -239,23 +240,29 @@ class RelationClassification(Method):
             raise ValueError(f"RelationClassification: prompts end in different tokens {sorted(cues)}; the "
                              "tokenizer must encode the closing 'Answer :' cue the same way everywhere")
         cue = cues.pop()
-        width = round_up(max(len(p) for p in prompts) - 1, LENGTH_MULTIPLE)
-        affixes = encode_pair_lists(self.tokenizer, [(docs[r.doc_index], r.pairs) for r in rows],
-                                    max_pairs=self.group_size)
-        max_new = self.decode_budget(affixes)
-        inputs = pad_rows([p[:-1] for p in prompts], width, left=True)
-        mask = pad_rows([[1] * (len(p) - 1) for p in prompts], width, left=True)
-        names = sorted(affixes)
-        decoded = []
-        for batch in fixed_size_batches(self.eval_batch_size, inputs, mask, *(affixes[n] for n in names)):
-            decoded.append(np.asarray(self._jit_decode(params, batch[0], batch[1], cue, max_new,
-                                                       dict(zip(names, batch[2:])))))
-        eos = self.tokenizer.eos_token_id
-        texts = []
-        for row in np.concatenate(decoded)[:len(rows)].tolist():
-            row = row[:row.index(eos)] if eos in row else row
-            texts.append(self.tokenizer.decode(row, skip_special_tokens=True))
+        order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
+        texts: list[str] = [""] * len(rows)
+        for start in range(0, len(order), self.eval_batch_size):
+            batch = order[start:start + self.eval_batch_size]
+            decoded = self._decode_batch(params, [prompts[i][:-1] for i in batch],
+                                         [(docs[rows[i].doc_index], rows[i].pairs) for i in batch], cue)
+            for i, ids in zip(batch, decoded):
+                texts[i] = self.tokenizer.decode(ids, skip_special_tokens=True)
         return texts
+
+    def _decode_batch(self, params: Params, prompts: list[list[int]],
+                      pair_lists: list[tuple[DocredDocument, Sequence[Pair]]], cue: int) -> list[list[int]]:
+        """Answer token ids (up to EOS) for up to `eval_batch_size` prompts without their cue token."""
+        width = round_up(max(len(p) for p in prompts), LENGTH_MULTIPLE)
+        affixes = encode_pair_lists(self.tokenizer, pair_lists, max_pairs=self.group_size)
+        names = sorted(affixes)
+        inputs, mask, *values = next(iter(fixed_size_batches(
+            self.eval_batch_size, pad_rows(prompts, width, left=True),
+            pad_rows([[1] * len(p) for p in prompts], width, left=True), *(affixes[n] for n in names))))
+        out = np.asarray(self._jit_decode(params, inputs, mask, cue, self.decode_budget(affixes),
+                                          dict(zip(names, values))))
+        eos = self.tokenizer.eos_token_id
+        return [row[:row.index(eos)] if eos in row else row for row in out[:len(prompts)].tolist()]
 
     def classify(self, params: Params, docs: Sequence[DocredDocument], pairs_per_doc: Sequence[Sequence[Pair]]
                  ) -> Classified:
