@@ -35,6 +35,7 @@ from kipjax.methods.coref.constraints import FullLinearizationConstraint, Partia
 from kipjax.methods.coref.vocabulary import (add_coref_tokens, init_new_token_rows, integer_token_ids,
                                              speaker_marker_ids)
 from kipjax.methods.encoder_setup import COMPUTE_DTYPES
+from kipjax.methods.model_source import check_model_source
 from kipjax.metrics import coref as coref_metrics
 from kipjax.models import hf
 from kipjax.models.t5 import T5, T5Config, is_cross_attention_cache
@@ -89,11 +90,7 @@ class Seq2seqCoref(Method):
         remat: bool = False,
     ):
         feat.check_representation(representation, identity, actions)
-        if (pretrained is None) == (model_config is None):
-            raise ValueError("Seq2seqCoref: set exactly one of `pretrained` (a Hugging Face T5 directory) and "
-                             "`model_config` (a T5Config to train from scratch)")
-        if tokenizer_dir is None and pretrained is None:
-            raise ValueError("Seq2seqCoref: training from scratch needs `tokenizer_dir`")
+        check_model_source("Seq2seqCoref", "T5", pretrained, model_config, tokenizer_dir)
         self.representation, self.identity, self.actions = representation, identity, actions
         self.beam_size, self.length_penalty, self.eval_batch_size = beam_size, length_penalty, eval_batch_size
         self.max_decode_length = max_decode_length

@@ -32,6 +32,7 @@ from kipjax.data.iterator import fixed_size_batches
 from kipjax.data.padding import pad_rows, round_up
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import COMPUTE_DTYPES
+from kipjax.methods.model_source import check_model_source
 from kipjax.methods.lmrc import rc_features
 from kipjax.methods.lmrc.answer_constraint import answer_constraint_from_tokenizer, encode_pair_lists
 from kipjax.methods.lmrc.prompts import Pair, parse_answer
@@ -125,11 +126,7 @@ class RelationClassification(Method):
         remat: bool = False,
         scan_layers: bool = False,
     ):
-        if (pretrained is None) == (model_config is None):
-            raise ValueError("RelationClassification: set exactly one of `pretrained` (a Hugging Face Llama "
-                             "directory) and `model_config` (a LlamaConfig to train from scratch)")
-        if tokenizer_dir is None and pretrained is None:
-            raise ValueError("RelationClassification: training from scratch needs `tokenizer_dir`")
+        check_model_source("RelationClassification", "Llama", pretrained, model_config, tokenizer_dir)
         self.tokenizer = hf.load_tokenizer(tokenizer_dir or pretrained)
         for name in ("bos_token_id", "eos_token_id"):
             if getattr(self.tokenizer, name) is None:
