@@ -20,12 +20,14 @@ Array = jax.Array
 
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "electra")
 _HF_ARCHITECTURES = {"bert": "BertModel", "roberta": "RobertaModel", "electra": "ElectraModel"}
-# Fields stored under the same name in a Hugging Face config.json.
-_HF_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-              "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
-              "type_vocab_size", "layer_norm_eps", "pad_token_id", "initializer_range")
+# Fields stored under the same name in a Hugging Face config.json (README lists them with the others read).
+HF_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+             "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
+             "type_vocab_size", "layer_norm_eps", "pad_token_id", "initializer_range")
 _REQUIRED_HF_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                        "intermediate_size")
+# Keys whose other values would need model code kipjax does not have (a causal or cross-attending BERT).
+_HF_REQUIRED_VALUES = {"is_decoder": False, "add_cross_attention": False, "position_embedding_type": "absolute"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +77,9 @@ class BertConfig:
         missing = [k for k in _REQUIRED_HF_FIELDS if k not in d]
         if missing:
             raise ValueError(f"config lacks required field(s) {missing}")
-        position_type = d.get("position_embedding_type", "absolute")
-        if position_type != "absolute":
-            raise ValueError(f"position_embedding_type {position_type!r} is not supported (only 'absolute')")
+        layers.reject_unimplemented(d, _HF_REQUIRED_VALUES)
         model_type = d.get("model_type", "bert")
-        kwargs = {k: d[k] for k in _HF_FIELDS if k in d and d[k] is not None}
+        kwargs = {k: d[k] for k in HF_FIELDS if k in d and d[k] is not None}
         if model_type == "electra":
             kwargs["embedding_size"] = d.get("embedding_size")
         return cls(model_type=model_type, add_pooler=model_type != "electra", **kwargs)
@@ -87,7 +87,7 @@ class BertConfig:
     def to_hf_dict(self) -> dict[str, Any]:
         """The Hugging Face `config.json` content that `transformers.AutoModel` reads back into this encoder."""
         d: dict[str, Any] = {"model_type": self.model_type, "architectures": [_HF_ARCHITECTURES[self.model_type]]}
-        d.update({k: getattr(self, k) for k in _HF_FIELDS})
+        d.update({k: getattr(self, k) for k in HF_FIELDS})
         d["position_embedding_type"] = "absolute"
         if self.model_type == "electra":
             d["embedding_size"] = self.embed_dim

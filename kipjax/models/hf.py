@@ -171,6 +171,17 @@ def _bert_fit_to_weights(config: BertConfig, names: set[str]) -> BertConfig:
     return config if "pooler.dense.weight" in names else dataclasses.replace(config, add_pooler=False)
 
 
+def _t5_fit_to_weights(config: T5Config, names: set[str]) -> T5Config:
+    """transformers 5 ties T5's head to the embedding unless the file holds its own `lm_head.weight`, whatever
+    `tie_word_embeddings` says (it writes `true` for every T5, v1.1 included); kipjax reads the file the same way."""
+    return dataclasses.replace(config, tie_word_embeddings="lm_head.weight" not in names)
+
+
+def _llama_fit_to_weights(config: LlamaConfig, names: set[str]) -> LlamaConfig:
+    """A separate `lm_head.weight` in the file is used, as transformers 5 does even under `tie_word_embeddings`."""
+    return dataclasses.replace(config, tie_word_embeddings=False) if "lm_head.weight" in names else config
+
+
 def _token_inputs(config: Any) -> dict[str, jax.Array]:
     return {"input_ids": jnp.zeros((1, 1), jnp.int32)}
 
@@ -197,8 +208,8 @@ FAMILIES: dict[str, Family] = {
     "bert": Family(BertConfig, BertEncoder, bert_weights, ("bert.",), _bert_fit_to_weights),
     "roberta": Family(BertConfig, BertEncoder, bert_weights, ("roberta.",), _bert_fit_to_weights),
     "electra": Family(BertConfig, BertEncoder, bert_weights, ("electra.",)),
-    "t5": Family(T5Config, T5, t5_weights),
-    "llama": Family(LlamaConfig, Llama, llama_weights),
+    "t5": Family(T5Config, T5, t5_weights, fit_to_weights=_t5_fit_to_weights),
+    "llama": Family(LlamaConfig, Llama, llama_weights, fit_to_weights=_llama_fit_to_weights),
 }
 
 

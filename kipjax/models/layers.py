@@ -48,6 +48,14 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
     return ACTIVATIONS[name]
 
 
+def reject_unimplemented(hf_config: Mapping[str, Any], required: Mapping[str, Any]) -> None:
+    """Raises ValueError for a config.json key whose value needs model code kipjax does not have (e.g. a BERT
+    saved as a decoder), rather than loading a model that silently computes something else."""
+    for key, value in required.items():
+        if key in hf_config and hf_config[key] is not None and hf_config[key] != value:
+            raise ValueError(f"{key}={hf_config[key]!r} is not implemented (kipjax supports only {key}={value!r})")
+
+
 def constrain(x: Array, names: Sequence[str]) -> Array:
     """Logical sharding constraint; a no-op outside a mesh / axis-rules context."""
     return nn.with_logical_constraint(x, tuple(names))

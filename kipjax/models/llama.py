@@ -41,10 +41,11 @@ ExtraKV = tuple[Array, Array, Array]  # keys, values: (batch, M, kv_heads, head_
 
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 CACHE_MODES = (None, "prepare", "step")
-_HF_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
-              "tie_word_embeddings", "attention_bias", "attention_dropout", "mlp_bias", "initializer_range",
-              "bos_token_id", "eos_token_id", "pad_token_id")
+# Keys of a Hugging Face Llama config.json read under the same name (README lists them with the others read).
+HF_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "max_position_embeddings",
+             "tie_word_embeddings", "attention_bias", "attention_dropout", "mlp_bias", "initializer_range",
+             "bos_token_id", "eos_token_id", "pad_token_id")
 _REQUIRED_HF_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 _DEFAULT_ROPE_THETA = 10000.0  # transformers' default when a config.json names none
 
@@ -121,9 +122,8 @@ class LlamaConfig:
         missing = [k for k in _REQUIRED_HF_FIELDS if k not in d]
         if missing:
             raise ValueError(f"config lacks required field(s) {missing}")
-        if d.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act {d['hidden_act']!r} is not supported (Llama uses 'silu')")
-        kwargs = {k: d[k] for k in _HF_FIELDS if k in d and d[k] is not None}
+        layers.reject_unimplemented(d, {"hidden_act": "silu"})
+        kwargs = {k: d[k] for k in HF_FIELDS if k in d and d[k] is not None}
         rope = dict(d.get("rope_scaling") or d.get("rope_parameters") or {})
         kwargs["rope_theta"] = rope.pop("rope_theta", d.get("rope_theta") or _DEFAULT_ROPE_THETA)
         kwargs["rope_scaling"] = rope or None
@@ -131,7 +131,7 @@ class LlamaConfig:
 
     def to_hf_dict(self) -> dict[str, Any]:
         """The `config.json` content that `transformers.AutoModelForCausalLM` reads back into this model."""
-        d = {k: getattr(self, k) for k in _HF_FIELDS}
+        d = {k: getattr(self, k) for k in HF_FIELDS}
         if isinstance(self.eos_token_id, tuple):
             d["eos_token_id"] = list(self.eos_token_id)
         d.update(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu",

@@ -25,11 +25,13 @@ from kipjax.models import layers
 
 Array = jax.Array
 
-FEED_FORWARD_KINDS = ("relu", "gated-gelu", "gated-relu", "gated-silu")
-_HF_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
-              "relative_attention_num_buckets", "relative_attention_max_distance", "dropout_rate",
-              "layer_norm_epsilon", "feed_forward_proj", "tie_word_embeddings", "pad_token_id", "eos_token_id",
-              "decoder_start_token_id")
+# Keys of a Hugging Face T5 config.json that kipjax reads under the same name (README lists them).
+HF_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+             "relative_attention_num_buckets", "relative_attention_max_distance", "dropout_rate",
+             "layer_norm_epsilon", "feed_forward_proj", "tie_word_embeddings", "scale_decoder_outputs",
+             "pad_token_id", "eos_token_id", "decoder_start_token_id")
+# Keys whose other values would need model code kipjax does not have.
+_HF_REQUIRED_VALUES = {"is_decoder": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,8 +49,11 @@ class T5Config:
     relative_attention_max_distance: int = 128
     dropout_rate: float = 0.1
     layer_norm_epsilon: float = 1e-6
-    feed_forward_proj: str = "relu"
-    tie_word_embeddings: bool = True
+    feed_forward_proj: str = "relu"  # "ACT" or "gated-ACT", ACT one of layers.ACTIVATIONS
+    tie_word_embeddings: bool = True  # the LM head is the input embedding (no separate `lm_head` weight)
+    # Scale the decoder output by d_model^-1/2 before the LM head (T5 v1.0); None = as tie_word_embeddings,
+    # the rule checkpoints without the key were trained under.
+    scale_decoder_outputs: bool | None = None
     pad_token_id: int = 0
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
@@ -58,10 +63,14 @@ class T5Config:
     remat: bool = False  # recompute each block's activations in the backward pass
 
     def __post_init__(self) -> None:
-        if self.feed_forward_proj not in FEED_FORWARD_KINDS:
-            raise ValueError(f"feed_forward_proj {self.feed_forward_proj!r} is not one of {FEED_FORWARD_KINDS}")
+        parts = self.feed_forward_proj.split("-")
+        if not (len(parts) == 1 or (len(parts) == 2 and parts[0] == "gated")) or parts[-1] not in layers.ACTIVATIONS:
+            raise ValueError(f"feed_forward_proj {self.feed_forward_proj!r} is not implemented; expected 'ACT' or "
+                             f"'gated-ACT' with ACT one of {sorted(layers.ACTIVATIONS)}")
         if self.model_type != "t5":
             raise ValueError(f"model_type {self.model_type!r} is not 't5'")
+        if self.scale_decoder_outputs is None:
+            object.__setattr__(self, "scale_decoder_outputs", self.tie_word_embeddings)  # frozen dataclass
 
     @property
     def is_gated(self) -> bool:
@@ -69,8 +78,9 @@ class T5Config:
 
     @property
     def activation(self) -> str:
-        """The MLP activation by its Hugging Face name; v1.1's "gated-gelu" is the tanh approximation."""
-        return self.feed_forward_proj.split("-")[-1].replace("gelu", "gelu_new")
+        """The MLP activation by its Hugging Face name, as transformers parses `feed_forward_proj`: the part
+        after "gated-", except that "gated-gelu" (T5 v1.1) means the tanh approximation, "gelu_new"."""
+        return "gelu_new" if self.feed_forward_proj == "gated-gelu" else self.feed_forward_proj.split("-")[-1]
 
     @property
     def decoder_layers(self) -> int:
@@ -78,13 +88,19 @@ class T5Config:
 
     @classmethod
     def from_hf_dict(cls, d: Mapping[str, Any]) -> "T5Config":
-        kwargs = {k: d[k] for k in _HF_FIELDS if k in d and d[k] is not None}
+        """Reads `config.json` as transformers 5 does: `scale_decoder_outputs` when present, else scaling iff
+        `tie_word_embeddings` is not false (the Hub's T5 / T0 / FLAN-T5 files). Whether the head is tied is
+        settled by the weights (`hf.t5_fit_to_weights`), since transformers 5 writes `tie_word_embeddings: true`
+        for every T5 it saves."""
+        layers.reject_unimplemented(d, _HF_REQUIRED_VALUES)
+        kwargs = {k: d[k] for k in HF_FIELDS if k in d and d[k] is not None}
         if isinstance(kwargs.get("eos_token_id"), list):
             kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
+        kwargs.setdefault("scale_decoder_outputs", d.get("tie_word_embeddings") is not False)
         return cls(**kwargs)
 
     def to_hf_dict(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in _HF_FIELDS}
+        d = {k: getattr(self, k) for k in HF_FIELDS}
         d["num_decoder_layers"] = self.decoder_layers
         d.update(model_type="t5", architectures=["T5ForConditionalGeneration"], is_encoder_decoder=True,
                  dense_act_fn=self.activation, is_gated_act=self.is_gated)
@@ -293,8 +309,9 @@ class T5(nn.Module):
 
     def _logits(self, x: Array) -> Array:
         cfg = self.config
-        if cfg.tie_word_embeddings:
+        if cfg.scale_decoder_outputs:
             x = x * (cfg.d_model ** -0.5)
+        if cfg.tie_word_embeddings:
             logits = self.shared.attend(x)
         else:
             logits = self.lm_head(x)

@@ -223,7 +223,9 @@ def test_roberta_position_ids_skip_padding():
 @pytest.mark.parametrize("bad, match", [
     ({"hidden_size": None}, "hidden_size"),
     ({"hidden_act": "swish"}, "swish"),
-    ({"position_embedding_type": "relative_key"}, "relative_key"),
+    ({"position_embedding_type": "relative_key"}, "position_embedding_type='relative_key' is not implemented"),
+    ({"is_decoder": True}, "is_decoder=True is not implemented"),
+    ({"add_cross_attention": True}, "add_cross_attention=True is not implemented"),
     ({"num_attention_heads": 5}, "num_attention_heads=5"),
 ])
 def test_config_rejects_what_it_cannot_build(bad, match):

@@ -229,3 +229,12 @@ def test_real_minilm_matches_transformers():
         ref = reference(**{k: torch.from_numpy(v) for k, v in batch.items()})
     np.testing.assert_allclose(out.last_hidden_state, ref.last_hidden_state.numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(out.pooler_output, ref.pooler_output.numpy(), atol=1e-4, rtol=0)
+
+
+def test_readme_lists_every_config_key_the_loaders_read():
+    from kipjax.models import bert, llama, t5
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme[readme.index("### Which Hugging Face files and config keys are read"):]
+    for module in (bert, t5, llama):
+        missing = [k for k in module.HF_FIELDS if f"`{k}`" not in table]
+        assert not missing, f"README's config-key table lacks {module.__name__}'s {missing}"

@@ -3,6 +3,7 @@ export round trip, scanned layers, cached / greedy decoding on padded batches, q
 values, LoRA, sharding and the gin config."""
 import dataclasses
 import json
+import shutil
 
 import gin
 import jax
@@ -10,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import safetensors.torch
 import torch
 import transformers
 from flax import linen as nn
@@ -103,6 +105,23 @@ def test_logits_match_transformers(checkpoint):
         np.testing.assert_allclose(forward(model, params, jit=jit).logits[VALID], expected[VALID], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("checkpoint", ["tied_llama3"], indirect=True)
+def test_a_separate_lm_head_in_the_file_is_used_as_transformers_uses_it(checkpoint, tmp_path):
+    """transformers 5 unties a head whose `lm_head.weight` is in the file, whatever `tie_word_embeddings` says."""
+    _, path, _, _ = checkpoint
+    shutil.copytree(path, tmp_path / "untied")
+    weights = tmp_path / "untied" / "model.safetensors"
+    state = safetensors.torch.load_file(str(weights))
+    state["lm_head.weight"] = 0.2 * torch.randn(TINY["vocab_size"], TINY["hidden_size"],
+                                                generator=torch.Generator().manual_seed(1))
+    safetensors.torch.save_file(state, str(weights), metadata={"format": "pt"})
+    reference = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "untied", attn_implementation="eager")
+    model, params = hf.load_pretrained(tmp_path / "untied")
+    assert not model.config.tie_word_embeddings
+    np.testing.assert_allclose(forward(model, params).logits[VALID], torch_logits(reference.eval())[VALID],
+                               atol=1e-4, rtol=0)
+
+
 def test_export_loads_in_transformers_with_identical_logits(checkpoint, tmp_path):
     style, path, _, expected = checkpoint
     model, params = hf.load_pretrained(path, scan_layers=style == "gqa_untied")  # export unstacks scanned layers
@@ -128,7 +147,7 @@ def test_config_round_trips_through_the_hf_dict():
     hash(llama31)
     with pytest.raises(ValueError, match="rope_type 'yarn'"):
         LlamaConfig(**TINY, rope_scaling={"rope_type": "yarn", "factor": 2.0})
-    with pytest.raises(ValueError, match="hidden_act"):
+    with pytest.raises(ValueError, match="hidden_act='gelu' is not implemented"):
         LlamaConfig.from_hf_dict({**TINY, "hidden_act": "gelu"})
     with pytest.raises(ValueError, match="lora_targets"):
         LlamaConfig(**TINY, lora_targets=("q", "ffn"))

@@ -1,4 +1,5 @@
-"""T5 parity with transformers (v1.0 and v1.1 styles), export round trip, and cached decoding = full decoding."""
+"""T5 parity with the installed transformers (v1.0, v1.1 as transformers 5 saves it, the Hub's FLAN-T5 layout),
+export back into transformers, config keys, and cached decoding = full decoding."""
 import json
 
 import jax
@@ -14,11 +15,16 @@ from kipjax.models import hf
 from kipjax.models.t5 import T5, T5Config, is_cross_attention_cache, relative_position_bucket
 from torch_init import randomized
 
+# How each T5 generation reaches a user's disk. transformers 5 itself writes the first two with
+# `save_pretrained`; the third is the Hub's FLAN-T5 / T0 / T5 v1.1 layout, which predates `scale_decoder_outputs`.
 STYLES = {
-    # T5 v1.0: ReLU MLP, LM head tied to the embedding (output scaled by d_model^-1/2).
-    "v1.0": dict(feed_forward_proj="relu", tie_word_embeddings=True),
-    # T5 v1.1 / T0 / FLAN-T5: gated tanh-GELU MLP, separate LM head.
-    "v1.1": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    # T5 v1.0: ReLU MLP, LM head tied to the embedding, output scaled by d_model^-1/2.
+    "v1.0": dict(feed_forward_proj="relu"),
+    # v1.1 built from keyword arguments and saved by transformers 5: `scale_decoder_outputs: false`,
+    # `tie_word_embeddings: true`, `shared.weight` only.
+    "v1.1_saved": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
+    # The Hub's FLAN-T5: `tie_word_embeddings: false`, no `scale_decoder_outputs`, its own `lm_head.weight`.
+    "flan_hub": dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False),
 }
 TINY = dict(vocab_size=80, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3, num_heads=4,
             relative_attention_num_buckets=8, relative_attention_max_distance=20, decoder_start_token_id=0)
@@ -31,42 +37,34 @@ TARGET = np.array([[0, 12, 17, 4, 60, 2, 9, 33, 1, 5, 7, 8],
                    [0, 70, 3, 3, 3, 18, 44, 52, 61, 2, 11, 1]])
 
 
-def torch_t5(style: str, **overrides) -> torch.nn.Module:
-    """A random transformers T5 with the style's semantics.
+def save_style(style: str, path, **overrides) -> None:
+    """A random transformers T5 written to `path` the way checkpoints of `style` are."""
+    config = transformers.T5Config(**{**TINY, **overrides}, **STYLES[style], dropout_rate=0.0)
+    randomized(transformers.T5ForConditionalGeneration(config)).save_pretrained(path)
+    if style == "flan_hub":
+        hf_config = json.loads((path / "config.json").read_text())
+        del hf_config["scale_decoder_outputs"]
+        hf_config["tie_word_embeddings"] = False
+        (path / "config.json").write_text(json.dumps(hf_config))
+        state = safetensors.torch.load_file(str(path / "model.safetensors"))
+        state["lm_head.weight"] = 0.2 * torch.randn(config.vocab_size, config.d_model,
+                                                    generator=torch.Generator().manual_seed(1))
+        safetensors.torch.save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
 
-    transformers 5.x forces `tie_word_embeddings=True` and output scaling on every T5Config it builds, even
-    from a v1.1 config.json that says `false` (real FLAN-T5 / T0 checkpoints do); so the v1.1 reference gets
-    its own LM head and unscaled outputs set by hand, which is what those checkpoints were trained with.
-    """
-    config = transformers.T5Config(**{**TINY, **overrides}, feed_forward_proj=STYLES[style]["feed_forward_proj"],
-                                   dropout_rate=0.0)
-    model = transformers.T5ForConditionalGeneration(config)
-    if not STYLES[style]["tie_word_embeddings"]:
-        model.config.scale_decoder_outputs = False
-        model.lm_head.weight = torch.nn.Parameter(torch.empty(config.vocab_size, config.d_model))
-    return randomized(model)
 
-
-def save_like_the_hub(model: torch.nn.Module, style: str, path) -> None:
-    """config.json + model.safetensors laid out as published checkpoints of that style are."""
-    path.mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in model.config.to_dict().items() if k != "scale_decoder_outputs"}
-    config["tie_word_embeddings"] = STYLES[style]["tie_word_embeddings"]
-    (path / "config.json").write_text(json.dumps(config))
-    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()
-             if k != "lm_head.weight" or not config["tie_word_embeddings"]}
-    safetensors.torch.save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+def transformers_logits(path) -> np.ndarray:
+    """The reference: what the installed transformers computes from the directory."""
+    model = transformers.T5ForConditionalGeneration.from_pretrained(path).eval()
+    with torch.no_grad():
+        return model(input_ids=torch.from_numpy(SOURCE), attention_mask=torch.from_numpy(SOURCE_MASK),
+                     decoder_input_ids=torch.from_numpy(TARGET)).logits.numpy()
 
 
 @pytest.fixture(scope="module", params=sorted(STYLES))
 def hf_checkpoint(request, tmp_path_factory):
-    model = torch_t5(request.param)
     path = tmp_path_factory.mktemp(f"t5_{request.param}")
-    save_like_the_hub(model, request.param, path)
-    with torch.no_grad():
-        logits = model(input_ids=torch.from_numpy(SOURCE), attention_mask=torch.from_numpy(SOURCE_MASK),
-                       decoder_input_ids=torch.from_numpy(TARGET)).logits.numpy()
-    return request.param, path, logits
+    save_style(request.param, path)
+    return request.param, path, transformers_logits(path)
 
 
 def kipjax_logits(model: T5, params, jit: bool = False) -> np.ndarray:
@@ -84,20 +82,23 @@ def test_logits_match_transformers(hf_checkpoint):
     np.testing.assert_allclose(kipjax_logits(model, params, jit=True), expected, atol=1e-4, rtol=0)
 
 
-def test_export_round_trips(hf_checkpoint, tmp_path):
+def test_the_three_layouts_differ_where_they_should(hf_checkpoint):
+    style, path, _ = hf_checkpoint
+    model, _ = hf.load_pretrained(path)
+    tied, scaled = {"v1.0": (True, True), "v1.1_saved": (True, False), "flan_hub": (False, False)}[style]
+    assert (model.config.tie_word_embeddings, model.config.scale_decoder_outputs) == (tied, scaled)
+
+
+def test_export_loads_back_into_transformers_with_the_same_logits(hf_checkpoint, tmp_path):
     style, path, expected = hf_checkpoint
     model, params = hf.load_pretrained(path)
     exported = hf.save_pretrained(model, params, tmp_path / "export")
-    reloaded_model, reloaded = hf.load_pretrained(exported)
-    np.testing.assert_array_equal(kipjax_logits(reloaded_model, reloaded), kipjax_logits(model, params))
     config = json.loads((exported / "config.json").read_text())
-    assert config["tie_word_embeddings"] == STYLES[style]["tie_word_embeddings"]
-    if style == "v1.0":  # transformers reads v1.0 exports faithfully (see torch_t5 for why not v1.1)
-        torch_model = transformers.T5ForConditionalGeneration.from_pretrained(exported).eval()
-        with torch.no_grad():
-            logits = torch_model(input_ids=torch.from_numpy(SOURCE), attention_mask=torch.from_numpy(SOURCE_MASK),
-                                 decoder_input_ids=torch.from_numpy(TARGET)).logits.numpy()
-        np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+    assert config["scale_decoder_outputs"] == model.config.scale_decoder_outputs
+    np.testing.assert_allclose(transformers_logits(exported), expected, atol=1e-4, rtol=0)
+    reloaded_model, reloaded = hf.load_pretrained(exported)
+    assert reloaded_model.config == model.config
+    np.testing.assert_array_equal(kipjax_logits(reloaded_model, reloaded), kipjax_logits(model, params))
 
 
 def test_cached_incremental_decoding_equals_full_decoding(hf_checkpoint):
@@ -130,17 +131,37 @@ def test_relative_position_buckets_match_transformers():
 
 
 def test_config_round_trips_through_the_hf_dict():
-    config = T5Config(**TINY, **STYLES["v1.1"])
+    config = T5Config(**TINY, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    assert config.scale_decoder_outputs is False  # unset: follows tie_word_embeddings
     assert T5Config.from_hf_dict(config.to_hf_dict()) == config
     hf_config = transformers.T5Config(**config.to_hf_dict())
     assert hf_config.is_gated_act and hf_config.dense_act_fn == "gelu_new"
-    with pytest.raises(ValueError, match="feed_forward_proj"):
-        T5Config(**TINY, feed_forward_proj="swish")
+
+
+@pytest.mark.parametrize("feed_forward_proj", ["relu", "gelu", "gated-gelu", "gated-silu", "gated-relu", "silu",
+                                               "gated-gelu_new"])
+def test_activation_is_parsed_as_transformers_parses_it(feed_forward_proj):
+    ours = T5Config(**TINY, feed_forward_proj=feed_forward_proj)
+    theirs = transformers.T5Config(**TINY, feed_forward_proj=feed_forward_proj)
+    assert (ours.activation, ours.is_gated) == (theirs.dense_act_fn, theirs.is_gated_act)
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"feed_forward_proj": "swish"}, "feed_forward_proj 'swish' is not implemented"),
+    ({"feed_forward_proj": "gated-gelu-x"}, "feed_forward_proj 'gated-gelu-x' is not implemented"),
+    ({"is_decoder": True}, "is_decoder=True is not implemented"),
+])
+def test_config_keys_kipjax_cannot_honour_fail_loudly(bad, match, tmp_path):
+    save_style("v1.0", tmp_path)
+    hf_config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**hf_config, **bad}))
+    with pytest.raises(hf.CheckpointError, match=rf"config.json: {match}"):
+        hf.load_pretrained(tmp_path)
 
 
 def test_cached_beam_search_matches_transformers_generate(tmp_path):
-    torch_model = torch_t5("v1.0", num_decoder_layers=TINY["num_layers"])  # generate's cache needs equal stacks
-    save_like_the_hub(torch_model, "v1.0", tmp_path)
+    save_style("v1.0", tmp_path, num_decoder_layers=TINY["num_layers"])  # generate's cache needs equal stacks
+    torch_model = transformers.T5ForConditionalGeneration.from_pretrained(tmp_path).eval()
     model, params = hf.load_pretrained(tmp_path)
     beams, max_length = 3, 7
     with torch.no_grad():
