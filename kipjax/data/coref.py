@@ -4,18 +4,25 @@ Every format is turned into one `CorefDocument`, whose mentions are INCLUSIVE (s
 document's flattened tokens (the concatenation of its sentences), the convention of the common jsonlines
 format (Lee et al., 2017), so metrics and models never see which file a document came from.
 
-CoNLL-2012 (OntoNotes `*_conll`, LitBank `coref/conll/*.conll`, scorer input/output):
+CoNLL-2012 (OntoNotes `*_conll`, LitBank `coref/conll/*.conll`, scorer input/output), read as the reference
+scorer (v8.01, `scorer.pl`) reads it:
   #begin document (NAME); part N        doc_key = f"{NAME}_{int(N)}" (OntoNotes `name_0` convention, as in
   tokens, one per line                  the jsonlines files); without "; part N" doc_key = NAME
-  <blank line between sentences>
+  <empty line between sentences>
   #end document
-  A token line holds tab-separated columns (or, without tabs, space-separated ones): the word is column 3
-  and the coreference annotation is always the LAST column (LitBank leaves it empty rather than `-`). With
-  12 or more columns, column 9 is the OntoNotes speaker; a document whose speakers are all placeholders
-  (`-`, `_`) gets speakers=None. The coreference column is `-` / `_` / empty for none, else `|`-separated
-  items `(12` (opens a mention of cluster 12), `12)` (closes the most recent open one), `(12)` (one token).
-  On each line they are applied in the reference scorer's order: one-token mentions, then opens, then closes.
-
+  A token line holds tab-separated columns (or, without tabs, space-separated ones); the coreference
+  annotation is always the LAST column, whatever their number (two will do: document id and annotation;
+  LitBank leaves it empty rather than `-`). The word is column 3 when there are at least 5 columns, else
+  unknown (`_`). With 12 or more columns, column 9 is the OntoNotes speaker; a document whose speakers are
+  all placeholders (`-`, `_`) gets speakers=None. A cell `_` holds nothing; otherwise its mention brackets
+  are taken out as the scorer does, with or without `|` between them: double antecedents `(N+M)` dropped,
+  then every one-token mention `(N)`, then every opening `(N`, then every closing `N)`, each left to right,
+  so `(1(1`, `1)1)`, `(1)(2` and `(3)|(4` all read as the scorer reads them. A closing bracket pairs with
+  the latest open mention of its cluster; cluster ids are the strings (`01` and `1` differ, as there).
+  Lines outside documents are skipped, as the scorer skips them (with a warning if they are not comments),
+  as are other characters left in a cell (also warned about, once per file). The scorer's own errors are
+  errors here too, naming the file and line: a closing bracket with no open mention, a mention still open at
+  `#end document`; and so is a document with no `#end document` or a `#begin document` inside another.
 jsonlines: {"doc_key", "sentences": [[tok, ...], ...], "speakers"?: same shape, "clusters": [[[s, e], ...], ...]}
 PreCo:     {"id", "sentences", "mention_clusters": [[[sentence_index, start, end_exclusive], ...], ...]}
 
@@ -29,6 +36,7 @@ import glob
 import itertools
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -38,15 +46,22 @@ from kipjax.run_log import atomic_write_text
 Span = tuple[int, int]
 SPEAKER_COLUMN = 9
 MIN_SPEAKER_COLUMNS = 12
-MIN_CONLL_COLUMNS = 5  # doc, part, index, word, coref
-NO_COREF = ("-", "_", "")
+WORD_COLUMN = 3
+MIN_WORD_COLUMNS = 5  # doc, part, index, word, ..., coref
+UNKNOWN_WORD = "_"
+NO_COREF = "_"
 PLACEHOLDER_SPEAKERS = ("-", "_")
 JSONLINES_SUFFIXES = (".jsonlines", ".jsonl", ".json")
 
-_BEGIN = re.compile(r"#begin document (.+?)(?:; part (\S+))?\s*$")
+_BEGIN = re.compile(r"#\s*begin document (.*?)$")
+_NAME_PART = re.compile(r"(.*?);\s*(?:part\s+(\S+))?\s*")
+_END = re.compile(r"#\s*end document")
+# The scorer's bracket patterns, in the order it removes them from a cell.
+_DOUBLE_ANTECEDENT = re.compile(r"\((\d+\+\d)\)")
 _SINGLE = re.compile(r"\((\d+)\)")
 _OPEN = re.compile(r"\((\d+)")
 _CLOSE = re.compile(r"(\d+)\)")
+_SEPARATORS = re.compile(r"[|\s-]*")
 _NAME_AND_PART = re.compile(r"(.+)_(0|[1-9][0-9]*)")
 
 
@@ -83,6 +98,37 @@ def _is_int(value: Any) -> bool:
 
 # ----------------------------------------------------------------------------------------------- CoNLL-2012
 
+def remove_all(pattern: re.Pattern, cell: str) -> tuple[list[str], str]:
+    """The ids of `pattern`'s matches, taken out left to right until none is left (Perl's `while (s///)`, so a
+    match that a removal creates is found too), and what remains of `cell`."""
+    ids = []
+    while match := pattern.search(cell):
+        ids.append(match.group(1))
+        cell = cell[:match.start()] + cell[match.end():]
+    return ids, cell
+
+
+@dataclasses.dataclass(frozen=True)
+class CellBrackets:
+    """The mention brackets of one coreference cell, in the order the scorer applies them."""
+
+    singles: list[str]
+    opens: list[str]
+    closes: list[str]
+    leftover: str  # what the scorer ignores; only separators in a well-formed cell
+
+
+def parse_cell(cell: str) -> CellBrackets:
+    """One coreference cell read as `scorer.pl` reads it (see the module docstring)."""
+    if cell == NO_COREF:
+        return CellBrackets([], [], [], "")
+    _, cell = remove_all(_DOUBLE_ANTECEDENT, cell)
+    singles, cell = remove_all(_SINGLE, cell)
+    opens, cell = remove_all(_OPEN, cell)
+    closes, cell = remove_all(_CLOSE, cell)
+    return CellBrackets(singles, opens, closes, cell)
+
+
 @dataclasses.dataclass
 class _ConllDocumentState:
     """What has been read of one document so far."""
@@ -91,55 +137,40 @@ class _ConllDocumentState:
     sentences: list[list[str]] = dataclasses.field(default_factory=lambda: [[]])
     speakers: list[list[str]] = dataclasses.field(default_factory=lambda: [[]])
     has_speaker_column: bool = True
-    clusters: dict[int, list[Span]] = dataclasses.field(default_factory=dict)
-    open_mentions: dict[int, list[tuple[int, int]]] = dataclasses.field(default_factory=dict)  # (token, line)
+    clusters: dict[str, list[Span]] = dataclasses.field(default_factory=dict)
+    open_mentions: dict[str, list[tuple[int, int]]] = dataclasses.field(default_factory=dict)  # (token, line)
     num_tokens: int = 0
 
-    def add_token(self, columns: list[str], path: Path, line_number: int) -> None:
-        where = f"{path}:{line_number}"
-        if len(columns) < MIN_CONLL_COLUMNS:
-            raise ValueError(f"{where}: expected a token line with at least {MIN_CONLL_COLUMNS} columns (doc, "
-                             f"part, index, word, ..., coreference), got {len(columns)}")
-        self.sentences[-1].append(columns[3])
+    def add_token(self, columns: list[str], where: str, line_number: int) -> str:
+        """Adds one token line; returns what of its cell the scorer would ignore."""
+        self.sentences[-1].append(columns[WORD_COLUMN] if len(columns) >= MIN_WORD_COLUMNS else UNKNOWN_WORD)
         self.has_speaker_column &= len(columns) >= MIN_SPEAKER_COLUMNS
         self.speakers[-1].append(columns[SPEAKER_COLUMN] if len(columns) > SPEAKER_COLUMN else "")
-        self._add_coreference(columns[-1].strip(), where, line_number)
+        brackets = parse_cell(columns[-1] if columns else "")
+        token = self.num_tokens
+        for cluster_id in brackets.singles:
+            self.clusters.setdefault(cluster_id, []).append((token, token))
+        for cluster_id in brackets.opens:
+            self.clusters.setdefault(cluster_id, [])
+            self.open_mentions.setdefault(cluster_id, []).append((token, line_number))
+        for cluster_id in brackets.closes:
+            if not self.open_mentions.get(cluster_id):
+                raise ValueError(f"{where}: mention of cluster {cluster_id} is closed but was never opened")
+            start, _ = self.open_mentions[cluster_id].pop()
+            self.clusters[cluster_id].append((start, token))
         self.num_tokens += 1
-
-    def _add_coreference(self, annotation: str, where: str, line_number: int) -> None:
-        if annotation in NO_COREF:
-            return
-        items = annotation.split("|")
-        if not all(_SINGLE.fullmatch(i) or _OPEN.fullmatch(i) or _CLOSE.fullmatch(i) for i in items):
-            raise ValueError(f"{where}: bad coreference annotation {annotation!r}; expected '-' or '|'-separated "
-                             "items '(N', 'N)' or '(N)'")
-        for pattern in (_SINGLE, _OPEN, _CLOSE):  # the reference scorer's order
-            for item in items:
-                match = pattern.fullmatch(item)
-                if not match:
-                    continue
-                cluster_id = int(match.group(1))
-                if pattern is _SINGLE:
-                    self.clusters.setdefault(cluster_id, []).append((self.num_tokens, self.num_tokens))
-                elif pattern is _OPEN:
-                    self.clusters.setdefault(cluster_id, [])
-                    self.open_mentions.setdefault(cluster_id, []).append((self.num_tokens, line_number))
-                elif self.open_mentions.get(cluster_id):
-                    start, _ = self.open_mentions[cluster_id].pop()
-                    self.clusters[cluster_id].append((start, self.num_tokens))
-                else:
-                    raise ValueError(f"{where}: mention of cluster {cluster_id} is closed but was never opened")
+        return brackets.leftover
 
     def end_sentence(self) -> None:
         if self.sentences[-1]:
             self.sentences.append([])
             self.speakers.append([])
 
-    def finish(self, path: Path) -> CorefDocument:
+    def finish(self, path: Path, line_number: int) -> CorefDocument:
         for cluster_id, starts in self.open_mentions.items():
             if starts:
                 raise ValueError(f"{path}:{starts[0][1]}: mention of cluster {cluster_id} opened here is never "
-                                 "closed before '#end document'")
+                                 f"closed before '#end document' (line {line_number})")
         self.end_sentence()
         sentences, speakers = self.sentences[:-1], self.speakers[:-1]
         all_placeholders = all(s in PLACEHOLDER_SPEAKERS for sentence in speakers for s in sentence)
@@ -156,8 +187,10 @@ def canonical(clusters: Iterable[Iterable[Sequence[int]]]) -> list[list[Span]]:
     return sorted(cluster for cluster in sorted_clusters if cluster)
 
 
-def _doc_key(header: re.Match, where: str) -> str:
-    name, part = header.group(1), header.group(2)
+def _doc_key(header: str, where: str) -> str:
+    """doc_key of the text after '#begin document ': '(NAME); part N' -> 'NAME_N'; '(NAME);' or 'NAME' -> 'NAME'."""
+    name_part = _NAME_PART.fullmatch(header)
+    name, part = (name_part.group(1), name_part.group(2)) if name_part else (header.strip(), None)
     if name.startswith("(") and name.endswith(")"):
         name = name[1:-1]
     if part is None:
@@ -168,34 +201,42 @@ def _doc_key(header: re.Match, where: str) -> str:
 
 
 def read_conll(path: str | Path) -> list[CorefDocument]:
-    """All documents of a CoNLL-2012 file, in file order."""
+    """All documents of a CoNLL-2012 file, in file order, read as the reference scorer reads them."""
     path = Path(path)
     documents: list[CorefDocument] = []
     state: _ConllDocumentState | None = None
+    skipped: list[int] = []  # lines outside documents that are not comments
+    ignored: list[int] = []  # lines with characters the scorer ignores in their cell
     with path.open(encoding="utf-8") as f:
         for line_number, raw in enumerate(f, start=1):
-            line, where = raw.rstrip("\r\n"), f"{path}:{line_number}"
-            if line.startswith("#begin document"):
-                header = _BEGIN.match(line)
-                if state is not None or header is None:
-                    raise ValueError(f"{where}: unexpected '{line:.60}'; expected '#begin document (NAME); part N' "
-                                     "after the previous document's '#end document'")
-                state = _ConllDocumentState(_doc_key(header, where))
-            elif line.startswith("#end document"):
-                if state is None:
-                    raise ValueError(f"{where}: '#end document' without '#begin document'")
-                documents.append(state.finish(path))
-                state = None
-            elif not line.strip():
+            line, where = raw.rstrip("\n").removesuffix("\r"), f"{path}:{line_number}"
+            header = _BEGIN.match(line)
+            if header:
                 if state is not None:
-                    state.end_sentence()
-            elif state is None or line.startswith("#"):
-                raise ValueError(f"{where}: expected a token line inside '#begin document' ... '#end document', "
-                                 f"got '{line:.60}'")
+                    raise ValueError(f"{where}: '#begin document' inside document {state.doc_key!r}; expected its "
+                                     "'#end document' first")
+                state = _ConllDocumentState(_doc_key(header.group(1), where))
+            elif state is None:
+                if line.strip() and not line.startswith("#"):
+                    skipped.append(line_number)
+            elif _END.search(line):
+                documents.append(state.finish(path, line_number))
+                state = None
+            elif not line:
+                state.end_sentence()
             else:
-                state.add_token(line.split("\t") if "\t" in line else line.split(), path, line_number)
+                columns = line.split("\t") if "\t" in line else line.split()
+                if not _SEPARATORS.fullmatch(state.add_token(columns, where, line_number)):
+                    ignored.append(line_number)
     if state is not None:
         raise ValueError(f"{path}: document {state.doc_key!r} has no '#end document'")
+    if skipped:
+        warnings.warn(f"{path}: {len(skipped)} line(s) outside '#begin document' ... '#end document' skipped, as "
+                      f"the reference scorer skips them (first: line {skipped[0]})", stacklevel=2)
+    if ignored:
+        warnings.warn(f"{path}: {len(ignored)} coreference cell(s) hold text besides mention brackets, which the "
+                      f"reference scorer ignores (first: line {ignored[0]}); is the last column the coreference "
+                      "column?", stacklevel=2)
     return documents
 
 

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from kipjax.data.coref import (CorefDocument, read_conll, read_document_files, read_documents, read_jsonlines,
+from kipjax.data.coref import (CellBrackets, CorefDocument, parse_cell, read_conll, read_document_files, read_documents, read_jsonlines,
                                read_preco, write_conll, write_jsonlines)
 
 ONTONOTES = """\
@@ -77,29 +77,85 @@ def test_litbank_layout(tmp_path):
 
 
 @pytest.mark.parametrize("body, line, message", [
-    ("d 0 0 a (1\nd 0 1 b -\n", 2, r"mention of cluster 1 opened here is never closed"),
+    ("d 0 0 a (1\nd 0 1 b -\n", 2, r"mention of cluster 1 opened here is never closed before '#end document' "
+                                   r"\(line 4\)"),
     ("d 0 0 a -\nd 0 1 b 4)\n", 3, r"mention of cluster 4 is closed but was never opened"),
-    ("d 0 0 a (x)\n", 2, r"bad coreference annotation '\(x\)'"),
-    ("d 0 0 a 1\n", 2, r"bad coreference annotation '1'"),
-    ("d 0 a\n", 2, r"at least 5 columns"),
+    ("d 0 0 a (2)1)\n", 2, r"mention of cluster 1 is closed but was never opened"),
 ])
-def test_malformed_conll_names_file_and_line(tmp_path, body, line, message):
+def test_what_the_scorer_rejects_names_file_and_line(tmp_path, body, line, message):
     path = write(tmp_path, "bad.conll", "#begin document (d); part 0\n" + body + "#end document\n")
-    with pytest.raises(ValueError, match=rf"bad.conll:{line}: .*{message}"):
+    with pytest.raises(ValueError, match=rf"bad.conll:{line}: {message}"):
         read_conll(path)
 
 
 def test_malformed_document_structure(tmp_path):
-    with pytest.raises(ValueError, match=r"s.conll:2: expected a token line inside"):
-        read_conll(write(tmp_path, "s.conll", "#begin document (d); part 0\n#comment\n#end document\n"))
-    with pytest.raises(ValueError, match=r"s.conll:1: expected a token line inside"):
-        read_conll(write(tmp_path, "s.conll", "d 0 0 a -\n"))
     with pytest.raises(ValueError, match=r"no '#end document'"):
         read_conll(write(tmp_path, "s.conll", "#begin document (d); part 0\nd 0 0 a -\n"))
-    with pytest.raises(ValueError, match=r"s.conll:2: unexpected"):
+    with pytest.raises(ValueError, match=r"s.conll:2: '#begin document' inside document 'd_0'"):
         read_conll(write(tmp_path, "s.conll", "#begin document (d); part 0\n#begin document (e); part 0\n"))
     with pytest.raises(ValueError, match=r"s.conll:1: .*integer N"):
         read_conll(write(tmp_path, "s.conll", "#begin document (d); part x\n#end document\n"))
+
+
+# One coreference cell -> what the scorer takes from it: (one-token mentions, opens, closes, ignored text).
+CELLS = [
+    ("-", [], [], [], "-"),
+    ("_", [], [], [], ""),
+    ("", [], [], [], ""),
+    ("(1)", ["1"], [], [], ""),
+    ("(12", [], ["12"], [], ""),
+    ("12)", [], [], ["12"], ""),
+    ("(1(1", [], ["1", "1"], [], ""),
+    ("1)1)", [], [], ["1", "1"], ""),
+    ("(1)(2", ["1"], ["2"], [], ""),
+    ("(3)|(4", ["3"], ["4"], [], "|"),
+    ("(1|(2", [], ["1", "2"], [], "|"),
+    ("2)|1)", [], [], ["2", "1"], "|"),
+    ("(5|(1)|7)", ["1"], ["5"], ["7"], "||"),
+    ("(1(2)", ["2"], ["1"], [], ""),          # the one-token mention goes first, whatever its place
+    ("1)(2)", ["2"], [], ["1"], ""),
+    ("((1)2)", ["1", "2"], [], [], ""),       # taking out (1) leaves (2), which the scorer's loop takes too
+    ("(1+2)|(3)", ["3"], [], [], "|"),        # a double antecedent is dropped
+    ("01)", [], [], ["01"], ""),
+    ("(x)", [], [], [], "(x)"),
+    ("1(2", [], ["2"], [], "1"),
+]
+
+
+@pytest.mark.parametrize("cell, singles, opens, closes, leftover", CELLS)
+def test_cells_are_parsed_as_the_reference_scorer_parses_them(cell, singles, opens, closes, leftover):
+    assert parse_cell(cell) == CellBrackets(singles, opens, closes, leftover)
+
+
+def test_two_column_files_and_brackets_without_separators(tmp_path):
+    text = ("#begin document (LuoTestCase); \n"
+            "d\t(0(0\n"
+            "d\t0)\n"
+            "d\t-\n"
+            "\n"
+            "d\t(1)(2\n"
+            "d\t2)0)\n"
+            "#end document\n")
+    [doc] = read_conll(write(tmp_path, "two.conll", text))
+    assert doc.doc_key == "LuoTestCase"
+    assert doc.sentences == [["_", "_", "_"], ["_", "_"]]  # no word column
+    # cluster 0: (0,1) and (0,4), cluster 1: (3,3), cluster 2: (3,4)
+    assert doc.clusters == [[(0, 1), (0, 4)], [(3, 3)], [(3, 4)]]
+
+
+def test_what_the_scorer_skips_is_skipped_with_a_warning(tmp_path):
+    text = ("stray line before any document\n"
+            "#begin document (d); part 0\n"
+            "d 0 0 a (1)\n"
+            "#comment-like line, a token as the scorer counts it\n"
+            "d 0 2 c (1)|junk\n"
+            "#end document\n")
+    with pytest.warns(UserWarning) as caught:
+        [doc] = read_conll(write(tmp_path, "w.conll", text))
+    messages = [str(w.message) for w in caught]
+    assert any("1 line(s) outside" in m and "line 1)" in m for m in messages)
+    assert any("2 coreference cell(s) hold text" in m and "line 4)" in m for m in messages)
+    assert doc.clusters == [[(0, 0), (2, 2)]]
 
 
 def random_document(rng, doc_key, with_speakers):

@@ -303,3 +303,64 @@ def test_no_warning_without_duplicates():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         coref_scores([KEY_A], [SCORER_SUITE["A5"][0]])
+
+
+# ------------------------------------------------------------------- files in every layout the scorer reads
+
+# Token spans of the suite's mentions over 12 tokens: c nested at b's start, B at b's end, x inside b, e ending
+# where d ends, so cells such as "(1(1)", "1)(1)" and "2)2)" occur.
+SPANS = {"a": (0, 1), "b": (2, 4), "c": (2, 2), "x": (3, 3), "B": (4, 4), "d": (5, 7), "e": (6, 7), "z": (8, 8),
+         "f": (9, 9), "y": (10, 11)}
+NUM_TOKENS = 12
+HEADER = "#begin document (LuoTestCase); "
+
+
+def cells(clusters, rng: random.Random) -> list[str]:
+    """Each token's brackets in a random order, joined by '|' or by nothing: the scorer reads both alike."""
+    items = [[] for _ in range(NUM_TOKENS)]
+    for cluster_id, cluster in enumerate(clusters):
+        for start, end in (SPANS[m] for m in cluster):
+            if start == end:
+                items[start].append(f"({cluster_id})")
+            else:
+                items[start].append(f"({cluster_id}")
+                items[end].append(f"{cluster_id})")
+    out = []
+    for token_items in items:
+        rng.shuffle(token_items)
+        out.append(rng.choice(["|", ""]).join(token_items))
+    return out
+
+
+def render(layout: str, clusters, rng: random.Random) -> str:
+    """One document in `layout`: 2 tab columns; the scorer suite's 5 tab columns; OntoNotes' space-aligned
+    columns with speakers; LitBank's 13 tab columns with an empty cell for no mention."""
+    lines = [HEADER]
+    for i, cell in enumerate(cells(clusters, rng)):
+        if layout == "two_columns":
+            lines.append(f"test1\t{cell or '-'}")
+        elif layout == "scorer_suite":
+            lines.append("\t".join(["test1", "0", str(i), f"w{i}", cell or "_"]))
+        elif layout == "ontonotes":
+            lines.append(f"test1   0   {i:>3}   w{i}   NN   (NP*)   -   -   -   Speaker#1   *   (ARG0*)   {cell or '-'}")
+        else:
+            lines.append("\t".join(["test1", "0", str(i), f"w{i}"] + ["_"] * 8 + [cell]))
+        if i == 5:
+            lines.append("")  # a sentence break inside mention d, which the scorer ignores
+    return "\n".join(lines + ["#end document", ""])
+
+
+LAYOUTS = ["two_columns", "scorer_suite", "ontonotes", "litbank"]
+
+
+@pytest.mark.parametrize("case", sorted(SCORER_SUITE))
+@pytest.mark.parametrize("key_layout", LAYOUTS)
+def test_scorer_suite_from_files_in_every_layout(case, key_layout, tmp_path, capsys):
+    response, expected = SCORER_SUITE[case]
+    rng = random.Random(f"{case}/{key_layout}")
+    response_layout = LAYOUTS[(LAYOUTS.index(key_layout) + 1) % len(LAYOUTS)]
+    key_file, response_file = tmp_path / "key.conll", tmp_path / "response.conll"
+    key_file.write_text(render(key_layout, KEY_A, rng))
+    response_file.write_text(render(response_layout, response, rng))
+    scores = main(["--gold", str(key_file), "--pred", str(response_file), "--json"])
+    assert_scores(scores, expected, abs_tol=6e-6)
