@@ -8,6 +8,8 @@ checkpoint that looks valid but is half-written.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import gin
@@ -54,6 +56,33 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+class ModelDirError(OSError):
+    """MODEL_DIR cannot take this run's checkpoints; raised before any training."""
+
+
+def check_model_dir(model_dir: str, checkpoint_bytes: int = 0) -> None:
+    """Fails at start, with a message naming MODEL_DIR, when it cannot be created or written, or when its disk
+    has less free space than one checkpoint of `checkpoint_bytes`: better than dying at the first save."""
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=model_dir, prefix=".write_probe.") as probe:
+            probe.write(b"0")
+            probe.flush()
+    except OSError as e:
+        raise ModelDirError(f"MODEL_DIR {model_dir!r} is not writable: {e.strerror or e}; choose a directory this "
+                            "process can create and write") from e
+    free = shutil.disk_usage(model_dir).free
+    if free < checkpoint_bytes:
+        raise ModelDirError(f"MODEL_DIR {model_dir!r} has {free / 2 ** 20:.1f} MiB free on its disk, less than one "
+                            f"checkpoint of this run ({checkpoint_bytes / 2 ** 20:.1f} MiB); free some space or "
+                            "choose another MODEL_DIR")
+
+
+def tree_bytes(tree: Any) -> int:
+    """Bytes of the (global) arrays of `tree`, i.e. of their checkpoint."""
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

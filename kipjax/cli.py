@@ -65,13 +65,21 @@ def parse_command_line(description: str, argv: Sequence[str] | None = None,
 
 
 @gin.configurable
-def initialize_distributed(enabled: bool | None = None) -> None:
-    """Starts JAX's multi-host runtime on pods; `None` means on when KIPJAX_MULTIHOST=1 is set."""
+def initialize_distributed(enabled: bool | None = None, coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None) -> None:
+    """Starts JAX's multi-host runtime; `None` means on when KIPJAX_MULTIHOST=1 is set.
+
+    On TPU pods and SLURM clusters JAX finds the coordinator and the process ids itself. Elsewhere (several
+    processes on one machine, as the multi-host test runs them) give `coordinator_address` ('host:port'),
+    `num_processes` and `process_id`. CPU processes exchange collectives through gloo.
+    """
     if enabled is None:
         enabled = os.environ.get("KIPJAX_MULTIHOST") == "1"
     if enabled:
         import jax
-        jax.distributed.initialize()
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                                   process_id=process_id)
 
 
 def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:

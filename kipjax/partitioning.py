@@ -141,6 +141,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+    """Every array of `tree` replicated over `mesh`, also across hosts. Host values (numpy, or jax arrays on
+    this host's devices) are placed from each host's own copy, which must be the same on every host; arrays
+    already spread over several hosts are resharded on device (no host can read them whole)."""
+    sharding = replicated(mesh)
+
+    def put(x: Any) -> jax.Array:
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.jit(lambda y: y, out_shardings=sharding)(x)
+        return jax.device_put(np.asarray(x), sharding)
+
+    return jax.tree.map(put, tree)
+
+
 def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 

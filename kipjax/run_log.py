@@ -1,5 +1,9 @@
 """The trail a run leaves: `metrics.jsonl`, TensorBoard event files, and progress lines on stdout.
 
+`track` wraps the long loops outside the train step (encoding a table, mining, building an index, evaluation):
+a tqdm bar with items/s and ETA on a terminal, a plain line every `every_s` seconds in a log file, and nothing
+on the other hosts of a multi-host run.
+
 `metrics.jsonl` has one JSON object per logged step (`step`, `loss`, eval metrics, ...) so runs can be
 compared and plotted without TensorBoard. On resume the lines past the restored step are dropped (they
 belong to work that is about to be redone), and the file is rewritten atomically.
@@ -14,10 +18,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Mapping, TextIO
+from typing import Callable, Iterable, Iterator, Mapping, TextIO, TypeVar
 
+import jax
+import tqdm
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+T = TypeVar("T")
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -119,9 +127,39 @@ class Progress:
         parts = [f"step {step}/{self.total}", f"loss {loss:.4f}", f"{rate:.1f} examples/s",
                  f"ETA {_format_seconds(eta)}"]
         parts += [f"{k} {v:.4g}" for k, v in (extra or {}).items()]
-        print(" | ".join(parts), file=self.stream, flush=True)
+        if jax.process_index() == 0:  # one line per step on a multi-host run, not one per host
+            print(" | ".join(parts), file=self.stream, flush=True)
         self._last_step, self._last_time = step, now
         return rate
+
+
+def track(iterable: Iterable[T], total: int | None, desc: str, unit: str = "rows", rows_per_item: int = 1,
+          every_s: float = 30.0, stream: TextIO | None = None) -> Iterator[T]:
+    """Yields `iterable`'s items while showing progress in `unit`s (each item counting `rows_per_item` of
+    them, e.g. a batch of rows), out of `total` units when known."""
+    stream = stream or sys.stdout
+    if jax.process_index() != 0:
+        yield from iterable
+        return
+    if stream.isatty():
+        with tqdm.tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True) as bar:
+            for item in iterable:
+                yield item
+                bar.update(rows_per_item if total is None else min(rows_per_item, total - bar.n))
+        return
+    done, start, last = 0, time.perf_counter(), time.perf_counter()
+    for item in iterable:
+        yield item
+        done += rows_per_item
+        now = time.perf_counter()
+        finished = total is not None and done >= total
+        if now - last >= every_s or finished:
+            rate = done / max(now - start, 1e-9)
+            of = f"/{total}" if total is not None else ""
+            eta = f", ETA {_format_seconds((total - done) / rate)}" if total is not None and not finished else ""
+            print(f"{desc}: {min(done, total or done)}{of} {unit} ({rate:.1f} {unit}/s{eta})", file=stream,
+                  flush=True)
+            last = now
 
 
 def _format_seconds(seconds: float) -> str:

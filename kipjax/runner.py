@@ -23,8 +23,8 @@ from kipjax.trainer import Trainer
 def train(method: Method = gin.REQUIRED, model_dir: str = gin.REQUIRED) -> Metrics:
     """Builds the trainer for `method`, records the config next to the checkpoints, trains, returns metrics."""
     primary = jax.process_index() == 0  # one writer per shared MODEL_DIR on multi-host runs
+    checkpoints.check_model_dir(model_dir)  # before anything is built; the trainer checks the space too
     if primary:
-        os.makedirs(model_dir, exist_ok=True)
         atomic_write_text(os.path.join(model_dir, "config.gin"), gin.config_str())
     trainer = Trainer(method, model_dir=model_dir)
     _, metrics = trainer.fit()

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from kipjax import cli, runner
+from kipjax import checkpoints, cli, runner
 from kipjax.methods.base import Metrics
+from kipjax.trainer import NonFiniteTraining
 
 
 def main(argv: Sequence[str] | None = None) -> Metrics:
     cli.parse_command_line(__doc__, argv)
     cli.initialize_distributed()
-    return runner.train()
+    try:
+        return runner.train()
+    except (checkpoints.ModelDirError, NonFiniteTraining) as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 A jit-compiled step with explicit in/out shardings over the device mesh, gradient accumulation, evaluation
 every N steps, per-epoch method hooks, progress on stdout, `metrics.jsonl` + TensorBoard, and orbax
 checkpoints from which a killed run resumes bit for bit (params, optimizer state, step, rng, data position
-and method state are all restored).
+and method state are all restored). Training data comes only through SeqIO (`kipjax.data.feed`): each host
+reads its own shards and feeds its rows of every global batch.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import optax
 from flax import linen as nn
 
 from kipjax import checkpoints, optim, partitioning
-from kipjax.data.iterator import ArrayBatchIterator, IteratorState
+from kipjax.data.feed import FeedState, SeqioFeed, register_arrays_task
 from kipjax.methods.base import Method
 from kipjax.run_log import MetricsLog, Progress
 
@@ -30,6 +31,12 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array
+    skipped_steps: jax.Array  # updates skipped because the loss or a gradient was not finite, in all
+    skip_streak: jax.Array  # ... and in a row, up to this step
+
+
+class NonFiniteTraining(RuntimeError):
+    """The loss or gradients stayed non-finite for `Trainer.max_consecutive_skips` steps in a row."""
 
 
 def split_microbatches(batch: Mapping[str, jax.Array], num: int) -> dict[str, jax.Array]:
@@ -45,7 +52,13 @@ def split_microbatches(batch: Mapping[str, jax.Array], num: int) -> dict[str, ja
 
 @gin.configurable
 class Trainer:
-    """Trains `method` for `train_steps` steps of `batch_size` examples (global, across all devices)."""
+    """Trains `method` for `train_steps` steps of `batch_size` examples (global, across all devices).
+
+    `mixture_or_task_name` names the SeqIO Task or Mixture to train on (gin `MIXTURE_OR_TASK_NAME` in the
+    method configs); None serves the method's `train_examples()` through SeqIO instead. A step whose loss or
+    gradient is not finite updates nothing (`skipped_steps` counts them); `max_consecutive_skips` of them in a
+    row (checked at log and checkpoint steps; 0: never) stop the run before it saves another checkpoint.
+    """
 
     def __init__(
         self,
@@ -57,8 +70,10 @@ class Trainer:
         eval_every: int = 0,
         eval_at_start: bool = True,
         log_every: int = 10,
+        max_consecutive_skips: int = 10,
         seed: int = 0,
         mesh: jax.sharding.Mesh | None = None,
+        mixture_or_task_name: str | None = None,
     ):
         if batch_size % grad_accum_steps:
             raise ValueError(f"Trainer.batch_size {batch_size} is not divisible by grad_accum_steps "
@@ -71,6 +86,7 @@ class Trainer:
         self.eval_every = eval_every
         self.eval_at_start = eval_at_start
         self.log_every = log_every
+        self.max_consecutive_skips = max_consecutive_skips
         self.seed = seed
         self.mesh = mesh if mesh is not None else partitioning.make_mesh()
         self.rules = partitioning.logical_axis_rules()
@@ -82,7 +98,9 @@ class Trainer:
         self.optimizer = optim.make_optimizer(self.schedule)
         if type(method).trainable_mask is not Method.trainable_mask:  # the method freezes some parameters
             self.optimizer = optim.freeze_untrainable(self.optimizer, method.trainable_mask)
-        self.iterator = ArrayBatchIterator(method.train_examples(), batch_size, seed=seed)
+        if mixture_or_task_name is None:
+            mixture_or_task_name = register_arrays_task(method.train_examples(), prefix=type(method).__name__)
+        self.feed = SeqioFeed(mixture_or_task_name, batch_size, seed=seed)
         self.batch_sharding = partitioning.batch_sharding(self.mesh)
         self.replicated = partitioning.replicated(self.mesh)
         self.hooked_epoch = -1  # the last epoch whose on_epoch_start has run
@@ -94,8 +112,9 @@ class Trainer:
         """Boxed (logically annotated) initial state; the optimizer state inherits the params' annotations."""
         init_rng, state_rng = jax.random.split(rng)
         params = self.method.init(init_rng, {**batch, "tables": self.method.tables()})
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=self.optimizer.init(params), rng=state_rng)
+        zero = jnp.zeros((), jnp.int32)
+        return TrainState(step=zero, params=params, opt_state=self.optimizer.init(params), rng=state_rng,
+                          skipped_steps=zero, skip_streak=zero)
 
     def _state_shardings(self, batch: Mapping[str, Any]) -> Any:
         abstract = jax.eval_shape(self._init_fn, jax.random.PRNGKey(self.seed), batch)
@@ -110,25 +129,35 @@ class Trainer:
 
     def restore_state(self, directory: str, step: int) -> TrainState:
         """Loads the train state of checkpoint `step` from `directory` onto this trainer's mesh."""
-        batch0 = self.device_batch(self.iterator.peek())
+        batch0 = self.device_batch(self.peek_batch())
         abstract = jax.eval_shape(lambda r, b: nn.unbox(self._init_fn(r, b)), jax.random.PRNGKey(self.seed), batch0)
         target = checkpoints.abstract_with_shardings(abstract, self._state_shardings(batch0))
         ckpt = checkpoints.Checkpointer(directory)
-        state, _, _ = ckpt.restore(step, target, jax.tree.map(_abstract, self.method.state_dict()))
+        state, _, _ = ckpt.restore(step, target, self._abstract_method_state())
         ckpt.close()
         return state
 
+    def peek_batch(self) -> dict[str, np.ndarray]:
+        """This host's rows of the next batch as loss inputs, without advancing the feed."""
+        return self.method.batch_from_features(self.feed.peek())
+
+    def next_batch(self) -> dict[str, np.ndarray]:
+        return self.method.batch_from_features(next(self.feed))
+
     def device_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-        """Host batch -> global arrays split over the data-parallel axes; each host feeds its own rows."""
-        n, i = jax.process_count(), jax.process_index()
-        def put(x: np.ndarray) -> jax.Array:
-            rows = x.shape[0] // n
-            return jax.make_array_from_process_local_data(self.batch_sharding, x[i * rows:(i + 1) * rows],
-                                                          x.shape)
-        return {k: put(v) for k, v in batch.items()}
+        """This host's rows -> global arrays split over the data-parallel axes (hosts hold equal row counts)."""
+        n = jax.process_count()
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding, v, (v.shape[0] * n, *v.shape[1:]))
+                for k, v in batch.items()}
+
+    def _abstract_method_state(self) -> Any:
+        """Restore target of the method state: replicated over the mesh, as it is saved (so that every host
+        of a multi-host run holds it whole)."""
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=self.replicated),
+                            self.method.state_dict())
 
     def device_tables(self) -> dict[str, jax.Array]:
-        return jax.device_put(self.method.tables(), self.replicated)
+        return partitioning.put_replicated(self.method.tables(), self.mesh)
 
     # ------------------------------------------------------------------------------------------------ step
 
@@ -155,11 +184,18 @@ class Trainer:
 
             total, _ = jax.lax.scan(accumulate, zeros, (jnp.arange(self.grad_accum_steps), micro))
             loss, metrics, grads = jax.tree.map(lambda x: x / self.grad_accum_steps, total)
+        grad_norm = optax.global_norm(grads)
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads),
-                   "learning_rate": self.schedule(state.step)}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        # A non-finite loss or gradient skips the update: params and optimizer state stay as they were.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), (params, opt_state),
+                                         (state.params, state.opt_state))
+        skipped = state.skipped_steps + (~finite).astype(jnp.int32)
+        metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "learning_rate": self.schedule(state.step),
+                   "skipped_steps": skipped}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, skipped_steps=skipped,
+                             skip_streak=jnp.where(finite, 0, state.skip_streak + 1)), metrics
 
     def compile_step(self, state_shardings: Any, batch: dict, tables: dict) -> Any:
         batch_shardings = jax.tree.map(lambda _: self.batch_sharding, batch)
@@ -173,8 +209,8 @@ class Trainer:
 
     def _maybe_start_epoch(self, state: TrainState) -> bool:
         """Runs the method's epoch hook at an epoch boundary not yet hooked; returns whether it ran."""
-        epoch = self.iterator.state.epoch
-        if self.iterator.state.position == 0 and self.hooked_epoch != epoch:
+        epoch = self.feed.state.epoch
+        if self.feed.state.position == 0 and self.hooked_epoch != epoch:
             hook_rng = jax.random.fold_in(jax.random.PRNGKey(self.seed + 1), epoch)
             with partitioning.activate(self.mesh, self.rules):
                 self.method.on_epoch_start(state.params, epoch, hook_rng)
@@ -183,7 +219,7 @@ class Trainer:
         return False
 
     def _data_state(self) -> dict:
-        return {**self.iterator.state.to_json(), "hooked_epoch": self.hooked_epoch}
+        return {**self.feed.state.to_json(), "hooked_epoch": self.hooked_epoch}
 
     def _evaluate(self, state: TrainState) -> dict:
         with partitioning.activate(self.mesh, self.rules):
@@ -191,16 +227,17 @@ class Trainer:
 
     def fit(self) -> tuple[TrainState, dict]:
         """Runs (or resumes) training to `train_steps`; returns the final state and last logged metrics."""
-        batch0 = self.device_batch(self.iterator.peek())
+        batch0 = self.device_batch(self.peek_batch())
         state = self.initial_state(batch0)
+        checkpoints.check_model_dir(self.model_dir, checkpoints.tree_bytes(state))
         shardings = jax.tree.map(lambda x: x.sharding, state)
         ckpt = checkpoints.Checkpointer(os.path.join(self.model_dir, "checkpoints"))
         resume_step = ckpt.latest_step()
         if resume_step is not None:
             state, data_state, method_state = ckpt.restore(
                 resume_step, checkpoints.abstract_with_shardings(state, shardings),
-                jax.tree.map(_abstract, self.method.state_dict()))
-            self.iterator.state = IteratorState.from_json(data_state)
+                self._abstract_method_state())
+            self.feed.restore(FeedState.from_json(data_state))
             self.hooked_epoch = int(data_state["hooked_epoch"])
             self.method.load_state_dict(method_state)
             print(f"resumed from {ckpt.directory} at step {resume_step}", flush=True)
@@ -219,7 +256,7 @@ class Trainer:
             # Tables change only in the epoch hook (or on restore): place them on the mesh then, not every step.
             if self._maybe_start_epoch(state) or tables is None:
                 tables = self.device_tables()
-            batch = self.device_batch(next(self.iterator))
+            batch = self.device_batch(self.next_batch())
             if step_fn is None:
                 step_fn = self.compile_step(shardings, batch, tables)
             with partitioning.activate(self.mesh, self.rules):
@@ -237,15 +274,27 @@ class Trainer:
             if logged:
                 log.write(step, logged)
                 last = logged
-            if ckpt.should_save(step) or step == self.train_steps:
-                ckpt.save(step, state, self._data_state(), self.method.state_dict())
+            saving = ckpt.should_save(step) or step == self.train_steps
+            if logged or saving:
+                self._stop_if_not_finite(state, step, ckpt)
+            if saving:
+                ckpt.save(step, state, self._data_state(),
+                          partitioning.put_replicated(self.method.state_dict(), self.mesh))
         log.close()
         ckpt.close()
         return state, last
 
 
-def _abstract(x: Any) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None))
+    def _stop_if_not_finite(self, state: TrainState, step: int, ckpt: checkpoints.Checkpointer) -> None:
+        streak = int(state.skip_streak)
+        if self.max_consecutive_skips and streak >= self.max_consecutive_skips:
+            latest = ckpt.latest_step()
+            ckpt.close()
+            raise NonFiniteTraining(
+                f"step {step}: the loss or gradient was not finite in each of the last {streak} steps (from step "
+                f"{step - streak + 1}; Trainer.max_consecutive_skips={self.max_consecutive_skips}), so training "
+                f"stops. Those updates were skipped: the newest checkpoint "
+                f"({'none' if latest is None else f'step {latest}'}) holds the last good state.")
 
 
 def _format_metrics(metrics: Mapping[str, float]) -> str:

@@ -90,3 +90,11 @@ def test_profile_breakdown_classes_ops_and_counts_matmul_flops():
     assert [r["category"] for r in rows] == ["copy_bitcast_fusion", "matmul, 2-D", "matmul, batched (attention)"]
     assert rows[0]["share"] == pytest.approx(0.5) and rows[0]["gflops_per_s"] is None
     assert rows[1]["gflops_per_s"] == pytest.approx(2 * 4 * 3 * 8 / 0.5 / 1e9)
+
+
+def test_input_pipeline_benchmark_times_the_feed_against_the_step():
+    bench = load("input_pipeline_benchmark")
+    result = bench.main(["--steps=2", "--warmup=1", "--gin_bindings=Trainer.eval_at_start = False"])
+    assert result["task"] == "demo_zeshel_retrieval" and result["batch_size"] == 16
+    assert result["input"]["median_s"] > 0 and result["step"]["median_s"] > 0
+    assert result["input_fraction"] == pytest.approx(result["input"]["median_s"] / result["step"]["median_s"])

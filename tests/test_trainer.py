@@ -7,10 +7,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import seqio
 from flax import linen as nn
 from jax.sharding import PartitionSpec
 
 from kipjax import partitioning
+from kipjax.data.feed import register_arrays_task
 from kipjax.methods.base import Method
 from kipjax.run_log import MetricsLog
 from kipjax.trainer import Trainer, split_microbatches
@@ -84,10 +86,11 @@ def clean_gin():
     gin.clear_config()
 
 
-def run(model_dir, steps, mesh=None, batch_size=8, accum=1, method=None):
+def run(model_dir, steps, mesh=None, batch_size=8, accum=1, method=None, task=None):
     method = method or ToyMethod()
     trainer = Trainer(method, model_dir=str(model_dir), train_steps=steps, batch_size=batch_size,
-                      grad_accum_steps=accum, log_every=1, eval_every=4, seed=3, mesh=mesh)
+                      grad_accum_steps=accum, log_every=1, eval_every=4, seed=3, mesh=mesh,
+                      mixture_or_task_name=task)
     state, metrics = trainer.fit()
     return jax.device_get(state), metrics, method
 
@@ -103,6 +106,30 @@ class StatelessToyMethod(ToyMethod):
 
     def load_state_dict(self, state):
         assert state == {}
+
+
+def toy_mixture() -> str:
+    """The toy examples split into two SeqIO tasks mixed 3:1."""
+    name = "kipjax_test_trainer_toy_mixture"
+    if name not in seqio.MixtureRegistry.names():
+        toy = ToyMethod()
+        halves = [register_arrays_task({"x": toy.x[rows], "y": toy.y[rows]})
+                  for rows in (slice(0, 48), slice(48, None))]
+        seqio.MixtureRegistry.add(name, [(halves[0], 3.0), (halves[1], 1.0)])
+    return name
+
+
+def test_a_killed_mixture_fed_run_resumes_bit_for_bit(tmp_path, kill_switch):
+    gin.bind_parameter("Checkpointer.every_steps", 3)
+    full, _, _ = run(tmp_path / "full", 10, task=toy_mixture())
+    kill_switch.arm(7)
+    with pytest.raises(kill_switch.Killed):
+        run(tmp_path / "killed", 10, task=toy_mixture())
+    kill_switch.disarm()
+    resumed, _, method = run(tmp_path / "killed", 10, task=toy_mixture())
+    assert method.epochs_seen == [], "a mixture has no epochs after the first, whose hook ran before the kill"
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("method_cls", [ToyMethod, StatelessToyMethod])
@@ -148,7 +175,7 @@ def test_sharded_step_matches_single_device(tmp_path):
 def test_fsdp_mesh_shards_params(tmp_path):
     mesh = partitioning.make_mesh({"data": 1, "fsdp": 4, "tensor": 2})
     trainer = Trainer(ToyMethod(), model_dir=str(tmp_path), train_steps=1, batch_size=8, mesh=mesh)
-    state = trainer.initial_state(trainer.device_batch(trainer.iterator.peek()))
+    state = trainer.initial_state(trainer.device_batch(trainer.peek_batch()))
     spec = state.params["w1"].sharding.spec
     assert tuple(spec) == ("fsdp", "tensor")
     assert state.opt_state[1][0].mu["w1"].sharding.spec == spec, "optimizer moments follow the params"
@@ -212,7 +239,7 @@ def test_parameters_outside_the_trainable_mask_stay_fixed(tmp_path):
     method = FrozenFirstLayer()
     trainer = Trainer(method, model_dir=str(tmp_path), train_steps=5, batch_size=8, eval_at_start=False,
                       log_every=5)
-    initial = trainer.initial_state(trainer.device_batch(trainer.iterator.peek()))
+    initial = trainer.initial_state(trainer.device_batch(trainer.peek_batch()))
     w1, w2 = np.asarray(initial.params["w1"]), np.asarray(initial.params["w2"])
     state, _ = trainer.fit()
     np.testing.assert_array_equal(np.asarray(state.params["w1"]), w1)
@@ -220,3 +247,72 @@ def test_parameters_outside_the_trainable_mask_stay_fixed(tmp_path):
     # The frozen parameter carries no Adam moments.
     moment_sizes = [x.size for x in jax.tree.leaves(state.opt_state) if hasattr(x, "size") and x.ndim == 2]
     assert sorted(moment_sizes) == [32 * CLASSES, 32 * CLASSES]
+
+
+class PoisonedToyMethod(ToyMethod):
+    """The loss is NaN for every batch holding a poisoned example (a device table, so steps differ)."""
+
+    def __init__(self, poisoned=()):
+        super().__init__()
+        self.poison = jnp.zeros((NUM_EXAMPLES,), bool).at[jnp.asarray(poisoned, jnp.int32)].set(True)
+
+    def tables(self):
+        return {**super().tables(), "poison": self.poison}
+
+    def loss(self, params, batch, rng):
+        loss, metrics = super().loss(params, batch, rng)
+        return jnp.where(batch["tables"]["poison"][batch["example_index"]].any(), jnp.nan, loss), metrics
+
+
+def test_a_non_finite_step_updates_nothing_and_is_counted(tmp_path):
+    method = PoisonedToyMethod(poisoned=[5])
+    trainer = Trainer(method, model_dir=str(tmp_path), train_steps=2, batch_size=8)
+    rows = {"poisoned": np.arange(8), "clean": np.arange(8, 16)}
+    batches = {name: trainer.device_batch({"x": method.x[r], "y": method.y[r], "example_index": r.astype(np.int32)})
+               for name, r in rows.items()}
+    state = trainer.initial_state(batches["clean"])
+    tables = trainer.device_tables()
+    step = trainer.compile_step(jax.tree.map(lambda x: x.sharding, state), batches["clean"], tables)
+    before = jax.device_get(state)
+    with partitioning.activate(trainer.mesh, trainer.rules):
+        state, metrics = step(state, batches["poisoned"], tables)
+    after = jax.device_get(state)
+    assert np.isnan(metrics["loss"]) and int(metrics["skipped_steps"]) == 1 and int(after.skip_streak) == 1
+    for a, b in zip(jax.tree.leaves((before.params, before.opt_state)), jax.tree.leaves((after.params, after.opt_state))):
+        np.testing.assert_array_equal(a, b)
+    with partitioning.activate(trainer.mesh, trainer.rules):
+        state, metrics = step(state, batches["clean"], tables)
+    assert np.isfinite(metrics["loss"]) and int(metrics["skipped_steps"]) == 1 and int(state.skip_streak) == 0
+    assert not np.array_equal(np.asarray(state.params["w1"]), after.params["w1"])
+
+
+def test_consecutive_non_finite_steps_stop_the_run_keeping_the_last_good_checkpoint(tmp_path):
+    from kipjax.trainer import NonFiniteTraining
+    gin.bind_parameter("Checkpointer.every_steps", 2)
+    method = PoisonedToyMethod(poisoned=range(NUM_EXAMPLES))
+    trainer = Trainer(method, model_dir=str(tmp_path), train_steps=10, batch_size=8, log_every=1,
+                      eval_at_start=False, max_consecutive_skips=3, seed=3)
+    initial = jax.device_get(trainer.initial_state(trainer.device_batch(trainer.peek_batch())).params)
+    with pytest.raises(NonFiniteTraining, match=r"step 3: the loss or gradient was not finite in each of the last 3 "
+                                                r"steps \(from step 1;.*newest checkpoint \(step 2\)"):
+        trainer.fit()
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+    restored = trainer.restore_state(str(tmp_path / "checkpoints"), 2)
+    for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(jax.device_get(restored.params))):
+        np.testing.assert_array_equal(a, b)
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["skipped_steps"] for r in records] == [1, 2, 3]
+
+
+def test_an_unusable_model_dir_fails_before_training(tmp_path, monkeypatch):
+    from kipjax import checkpoints
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    trainer = Trainer(ToyMethod(), model_dir=str(blocker / "run"), train_steps=2, batch_size=8)
+    with pytest.raises(checkpoints.ModelDirError, match=r"MODEL_DIR '.*a_file/run' is not writable"):
+        trainer.fit()
+    monkeypatch.setattr(checkpoints.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
+    trainer = Trainer(ToyMethod(), model_dir=str(tmp_path / "full_disk"), train_steps=2, batch_size=8)
+    with pytest.raises(checkpoints.ModelDirError, match=r"has 0.0 MiB free on its disk, less than one checkpoint"):
+        trainer.fit()
+    assert not (tmp_path / "full_disk" / "checkpoints").exists() and not (tmp_path / "full_disk" / "metrics.jsonl").exists()

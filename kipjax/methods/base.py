@@ -1,7 +1,10 @@
 """The contract between a method and the trainer.
 
-The trainer knows only this interface. A method owns its model, its data, its loss and its evaluation;
-model-dependent per-epoch work (mining hard negatives, refreshing an index) happens in `on_epoch_start`.
+The trainer knows only this interface. A method owns its model, its loss and its evaluation; its training data
+comes through SeqIO: a Task or Mixture named in gin (`Trainer.mixture_or_task_name`), whose batches
+`batch_from_features` turns into the method's loss inputs, or, when none is named, the method's own
+`train_examples()` arrays, which the trainer registers as a SeqIO Task. Model-dependent per-epoch work
+(mining hard negatives, refreshing an index) happens in `on_epoch_start`.
 Arrays the jitted step must read but that are not per-batch (an entity token table, mined negatives) are
 returned by `tables()`; the trainer places them on the mesh and hands them to `loss` as `batch["tables"]`,
 so a batch carries only ids and the step gathers on device.
@@ -21,8 +24,14 @@ class Method:
     """Base class with no-op defaults for the optional parts of the contract."""
 
     def train_examples(self) -> Mapping[str, np.ndarray]:
-        """Training examples as arrays with a common leading dimension (the trainer batches and shuffles)."""
+        """Training examples as arrays with a common leading dimension, for runs that name no SeqIO task; the
+        trainer serves them through SeqIO, with an `example_index` feature (the row)."""
         raise NotImplementedError
+
+    def batch_from_features(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """This host's rows of a batch of the SeqIO task's features -> the loss inputs (host-side numpy). The
+        default passes them through, which fits the features of `train_examples()`."""
+        return dict(features)
 
     def init(self, rng: jax.Array, batch: Mapping[str, Any]) -> Params:
         """Parameters, boxed with logical axis names (`nn.with_logical_partitioning`)."""

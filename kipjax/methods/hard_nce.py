@@ -24,7 +24,7 @@ from flax import linen as nn
 
 from kipjax.data import candidates
 from kipjax.data.featurize import load_zeshel_split
-from kipjax.data.iterator import fixed_size_batches
+from kipjax.data.padding import fixed_size_batches
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.metrics import el as el_metrics
 from kipjax.metrics import retrieval as retrieval_metrics
@@ -157,6 +157,13 @@ class HardNCERetrieval(Method):
         return {"mention_input_ids": m["input_ids"], "mention_attention_mask": m["attention_mask"],
                 "gold_entity": m["gold_entity"]}
 
+    def batch_from_features(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Batches of `train_examples()` pass through; those of the Zeshel SeqIO tasks carry the mention's row as
+        `mention_index`, which indexes the mined negatives as `example_index` does."""
+        batch = {k: features[k] for k in ("mention_input_ids", "mention_attention_mask", "gold_entity")}
+        batch["example_index"] = features["example_index" if "example_index" in features else "mention_index"]
+        return batch
+
     def tables(self) -> dict[str, jax.Array]:
         return {**self._entity_table, "hard_negatives": self.hard_negatives}
 
@@ -213,8 +220,10 @@ class HardNCERetrieval(Method):
                      ) -> tuple[jax.Array, jax.Array]:
         """Encodes a token table in fixed-size batches (one compilation) -> (vectors [N, m, H], mask [N, m])."""
         fn = self._jit_encode_entities if entities else self._jit_encode_mentions
-        outs = [fn(params, ids, mask) for ids, mask in
-                fixed_size_batches(self.encode_batch_size, arrays["input_ids"], arrays["attention_mask"])]
+        # Blocking on each batch keeps the progress line honest (dispatch alone would finish at once).
+        outs = [jax.block_until_ready(fn(params, ids, mask)) for ids, mask in
+                fixed_size_batches(self.encode_batch_size, arrays["input_ids"], arrays["attention_mask"],
+                                   desc=f"encode {'entities' if entities else 'mentions'}")]
         n = len(arrays["input_ids"])
         return tuple(jnp.concatenate(parts)[:n] for parts in zip(*outs))
 
@@ -241,9 +250,10 @@ class HardNCERetrieval(Method):
         m = self.train_mentions
         parts = []
         for i, (ids, mask, gold) in enumerate(fixed_size_batches(self.encode_batch_size, m["input_ids"],
-                                                              m["attention_mask"], m["gold_entity"])):
-            parts.append(self._jit_mine(params, ids, mask, gold, entity_vecs, entity_mask,
-                                        jax.random.fold_in(rng, i)))
+                                                              m["attention_mask"], m["gold_entity"],
+                                                              desc="mine hard negatives")):
+            parts.append(jax.block_until_ready(self._jit_mine(params, ids, mask, gold, entity_vecs, entity_mask,
+                                                              jax.random.fold_in(rng, i))))
         return jnp.concatenate(parts)[:len(m["input_ids"])]
 
     # ------------------------------------------------------------------------------------------- evaluate
@@ -265,9 +275,11 @@ class HardNCERetrieval(Method):
         """Ranked entity rows [M, k] for every mention (-1 where a world has fewer than k entities)."""
         entity_vecs, entity_mask = self.encode_table(params, entities, entities=True)
         entity_world = jnp.asarray(entities["entity_world"])
-        parts = [self._jit_retrieve(params, ids, mask, world, entity_vecs, entity_mask, k, entity_world)
+        parts = [jax.block_until_ready(self._jit_retrieve(params, ids, mask, world, entity_vecs, entity_mask, k,
+                                                          entity_world))
                  for ids, mask, world in fixed_size_batches(self.encode_batch_size, mentions["input_ids"],
-                                                         mentions["attention_mask"], mentions["world"])]
+                                                         mentions["attention_mask"], mentions["world"],
+                                                         desc="retrieve")]
         return np.asarray(jnp.concatenate(parts))[:len(mentions["input_ids"])]
 
     def evaluate(self, params: Params) -> Metrics:

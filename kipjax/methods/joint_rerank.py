@@ -26,7 +26,7 @@ from flax import linen as nn
 
 from kipjax.data import candidates as candidate_files
 from kipjax.data.featurize import ZeshelSplit, load_zeshel_split
-from kipjax.data.iterator import fixed_size_batches
+from kipjax.data.padding import fixed_size_batches
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import setup_encoder, with_pretrained_encoders
 from kipjax.metrics import el as el_metrics
@@ -188,7 +188,7 @@ class JointReranker(Method):
         best = []
         for ids, mask, cands, valid in fixed_size_batches(self.eval_batch_size, m["input_ids"],
                                                           m["attention_mask"], self.eval_candidates,
-                                                          self.eval_candidate_mask):
+                                                          self.eval_candidate_mask, desc="rerank"):
             scores = self._jit_scores(params, ids, mask, entity_ids[cands], entity_mask[cands], valid)
             best.append(np.take_along_axis(cands, np.asarray(jnp.argmax(scores, -1))[:, None], 1)[:, 0])
         return np.concatenate(best)[:len(m["input_ids"])]

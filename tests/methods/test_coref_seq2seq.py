@@ -189,3 +189,30 @@ def test_configuration_errors_are_clear(corpus):
         method(corpus, model_config=T5Config(**{**TINY, "vocab_size": 64}))
     with pytest.raises(ValueError, match="partial linearization"):
         method(corpus, representation="partial", actions="copy")
+
+
+def test_the_coref_task_feeds_the_trainer_the_methods_own_examples(corpus):
+    """demo.gin trains from a coref SeqIO task: its zero-padded features, with the masks `batch_from_features`
+    derives, are the method's own padded training rows, as a multiset (the feed shuffles)."""
+    import gin
+    import tasks.coref  # noqa: F401  (registers the tasks)
+    from kipjax.data.feed import SeqioFeed
+    gin.clear_config()
+    m = method(corpus)
+    gin.bind_parameter("coref_task_settings.split_files", {"train": str(corpus / "train.jsonlines")})
+    gin.bind_parameter("coref_task_settings.tokenizer_dir", demo_coref.demo_coref_path("tokenizer"))
+    gin.bind_parameter("coref_task_settings.max_segment_length", 64)
+    gin.bind_parameter("coref_task_settings.segment_stride", 32)
+    own = m.train_examples()
+    lengths = {"inputs": own["input_ids"].shape[1], "decoder_input_ids": own["targets"].shape[1],
+               "targets": own["targets"].shape[1]}
+    gin.bind_parameter("SeqioFeed.task_feature_lengths", lengths)
+    n = len(own["input_ids"])
+    batch = m.batch_from_features(SeqioFeed("coref_seq2seq", n).peek())  # what the trainer does
+    gin.clear_config()
+    assert set(batch) == set(own)
+
+    def rows(arrays):
+        return sorted(tuple(np.concatenate([arrays[k][i] for k in sorted(arrays)])) for i in range(n))
+
+    assert rows(batch) == rows(own)

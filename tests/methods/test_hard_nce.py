@@ -31,7 +31,7 @@ def method_and_params():
     gin.clear_config()
     method = make_method(negatives="mixed", hard_fraction=0.5)
     trainer = Trainer(method, model_dir="/tmp/unused-hard-nce", train_steps=1, batch_size=8)
-    state = trainer.initial_state(trainer.device_batch(trainer.iterator.peek()))
+    state = trainer.initial_state(trainer.device_batch(trainer.peek_batch()))
     return method, state.params
 
 
@@ -142,3 +142,22 @@ def test_export_index_matches_exact_search(method_and_params, tmp_path):
     exact = -np.sort(-(queries @ embeddings.T), axis=1)[:, :10]
     np.testing.assert_allclose(scores, exact, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(np.take_along_axis(queries @ embeddings.T, ids, 1), scores, rtol=1e-5, atol=1e-4)
+
+
+def test_the_zeshel_task_feeds_the_trainer_the_methods_own_examples():
+    """quickstart.gin trains from `demo_zeshel_retrieval`: its rows, looked up by `mention_index`, are the
+    method's featurized mentions, so mined negatives (indexed by row) line up with them."""
+    import tasks.zeshel  # noqa: F401  (registers the tasks)
+    gin.clear_config()
+    gin.bind_parameter("demo_zeshel_settings.max_len", 32)
+    method = make_method()
+    trainer = Trainer(method, model_dir="/tmp/unused-hard-nce", train_steps=1, batch_size=8,
+                      mixture_or_task_name="demo_zeshel_retrieval")
+    examples = method.train_examples()
+    for _ in range(3):
+        batch = trainer.next_batch()
+        assert set(batch) == {"mention_input_ids", "mention_attention_mask", "gold_entity", "example_index"}
+        for key, values in batch.items():
+            if key != "example_index":
+                np.testing.assert_array_equal(values, examples[key][batch["example_index"]])
+    gin.clear_config()

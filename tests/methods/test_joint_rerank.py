@@ -135,14 +135,14 @@ def test_reranker_starts_from_a_hugging_face_checkpoint(scan_layers, tmp_path):
     reranker = make_reranker(tmp_path, encoder_config=None, pretrained=str(tmp_path / "bert"),
                              tokenizer_dir=tokenizer_dir, scan_layers=scan_layers, remat=scan_layers)
     trainer = Trainer(reranker, model_dir=str(tmp_path / "run"), train_steps=1, batch_size=8)
-    params = trainer.initial_state(trainer.device_batch(trainer.iterator.peek())).params
+    params = trainer.initial_state(trainer.device_batch(trainer.peek_batch())).params
     table = np.asarray(params["encoder"]["embeddings"]["word_embeddings"]["embedding"])
     hf_table = bert.embeddings.word_embeddings.weight.detach().numpy()
     assert table.shape == (vocab, 32)
     np.testing.assert_allclose(table[:vocab - 3], hf_table, atol=1e-7)
     np.testing.assert_allclose(table[vocab - 3:], np.repeat(hf_table.mean(0, keepdims=True), 3, 0), atol=1e-6)
     assert ("layers" in params["encoder"]) == scan_layers  # one stacked subtree vs layer_0, layer_1, ...
-    batch = trainer.device_batch(trainer.iterator.peek())
+    batch = trainer.device_batch(trainer.peek_batch())
     loss, _ = reranker.loss(params, {**batch, "tables": reranker.tables()}, jax.random.PRNGKey(0))
     assert np.isfinite(float(loss))
 

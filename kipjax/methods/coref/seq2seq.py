@@ -26,8 +26,7 @@ import optax
 
 from kipjax import decoding
 from kipjax.data.coref import read_document_files, write_jsonlines
-from kipjax.data.iterator import fixed_size_batches
-from kipjax.data.padding import pad_rows, round_up
+from kipjax.data.padding import fixed_size_batches, pad_rows, round_up
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.coref import featurize as feat
 from kipjax.methods.coref import linearize as lin
@@ -165,6 +164,17 @@ class Seq2seqCoref(Method):
     def train_examples(self) -> dict[str, np.ndarray]:
         return self._train
 
+    def batch_from_features(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Batches of `train_examples()` pass through; those of the coref SeqIO tasks (`inputs`,
+        `decoder_input_ids`, `targets`, zero-padded by the feed) get their masks: T5's pad id is 0, and no
+        input or target token is (the decoder input starts with the start token 0, so its mask is the targets')."""
+        if "inputs" not in features:
+            return dict(features)
+        targets = features["targets"]
+        return {"input_ids": features["inputs"], "attention_mask": (features["inputs"] != 0).astype(np.int32),
+                "decoder_input_ids": features["decoder_input_ids"], "targets": targets,
+                "target_mask": (targets != 0).astype(np.int32)}
+
     def init(self, rng: jax.Array, batch: Mapping[str, Any]) -> Params:
         params = self.model.init(rng, batch["input_ids"][:1], batch["attention_mask"][:1],
                                  batch["decoder_input_ids"][:1])["params"]
@@ -216,7 +226,8 @@ class Seq2seqCoref(Method):
         mask = pad_rows([[1] * (len(s) + 1) for s in sources], source_length)
         lengths = np.asarray([len(s) for s in sources], np.int32)  # the constraint's source: no eos
         best = [np.asarray(self._jit_decode(params, i, m, n, max_length))
-                for i, m, n in fixed_size_batches(self.eval_batch_size, ids, mask, lengths)]
+                for i, m, n in fixed_size_batches(self.eval_batch_size, ids, mask, lengths,
+                                                  desc="decode segments")]
         rows = np.concatenate(best)[:len(segments)]
         eos = self.symbols.eos
         return [row[:list(row).index(eos) + 1].tolist() if eos in row else row.tolist() for row in rows]

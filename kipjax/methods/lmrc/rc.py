@@ -28,8 +28,7 @@ import optax
 from kipjax import decoding
 from kipjax.data.docred import (DocredDocument, Prediction, read_candidate_pairs, read_docred, read_rel2id,
                                 read_rel_info, write_predictions)
-from kipjax.data.iterator import fixed_size_batches
-from kipjax.data.padding import pad_rows, round_up
+from kipjax.data.padding import fixed_size_batches, pad_rows, round_up
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import COMPUTE_DTYPES
 from kipjax.methods.model_source import check_model_source
@@ -41,6 +40,7 @@ from kipjax.metrics.docre import docre_scores
 from kipjax.models import hf
 from kipjax.models.llama import Llama, LlamaConfig, lora_trainable_mask
 from kipjax.partitioning import fill_boxed
+from kipjax.run_log import track
 
 LENGTH_MULTIPLE = 32  # padded lengths are rounded up to this, so batches of similar prompts share compiled shapes
 
@@ -239,7 +239,9 @@ class RelationClassification(Method):
         cue = cues.pop()
         order = sorted(range(len(rows)), key=lambda i: len(prompts[i]))
         texts: list[str] = [""] * len(rows)
-        for start in range(0, len(order), self.eval_batch_size):
+        starts = range(0, len(order), self.eval_batch_size)
+        for start in track(starts, total=len(order), desc="decode answers", unit="prompts",
+                           rows_per_item=self.eval_batch_size):
             batch = order[start:start + self.eval_batch_size]
             decoded = self._decode_batch(params, [prompts[i][:-1] for i in batch],
                                          [(docs[rows[i].doc_index], rows[i].pairs) for i in batch], cue)

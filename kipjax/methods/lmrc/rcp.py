@@ -29,7 +29,7 @@ import optax
 from flax import linen as nn
 
 from kipjax.data.docred import DocredDocument, read_docred, write_candidate_pairs
-from kipjax.data.iterator import fixed_size_batches
+from kipjax.data.padding import fixed_size_batches
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import setup_encoder, with_pretrained_encoders
 from kipjax.methods.lmrc import rcp_features
@@ -279,7 +279,7 @@ class RelationCandidateProposal(Method):
         """sigmoid(s) [N, P] for featurized documents."""
         names = sorted(features)
         out = []
-        for arrays in fixed_size_batches(self.eval_batch_size, *(features[k] for k in names)):
+        for arrays in fixed_size_batches(self.eval_batch_size, *(features[k] for k in names), desc="score pairs"):
             out.append(np.asarray(jax.nn.sigmoid(related_score(self._jit_scores(params, dict(zip(names, arrays)))))))
         return np.concatenate(out)[:len(features["input_ids"])]
 
