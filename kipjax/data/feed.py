@@ -202,7 +202,12 @@ class SeqioFeed:
         ds = tf.data.Dataset.zip(tuple(self._shard_stream(s, epoch) for s in self.shards)).map(
             lambda *parts: _concat(parts))
         skip = self.state.position if self.mode == "task" else self._global_position()
-        return ds.skip(skip).prefetch(2).as_numpy_iterator()
+        # One input thread and no autotuning: host batches are tiny next to the step, and tf.data's own thread
+        # pools would otherwise compete with XLA for the host's cores (visible on 2-core machines).
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        options.threading.private_threadpool_size = 1
+        return ds.skip(skip).prefetch(1).with_options(options).as_numpy_iterator()
 
     def _global_position(self) -> int:
         return self.state.epoch * (self.steps_per_epoch or 0) + self.state.position
