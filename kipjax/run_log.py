@@ -1,8 +1,8 @@
 """The trail a run leaves: `metrics.jsonl`, TensorBoard event files, and progress lines on stdout.
 
 `track` wraps the long loops outside the train step (encoding a table, mining, building an index, evaluation):
-a tqdm bar with items/s and ETA on a terminal, a plain line every `every_s` seconds in a log file, and nothing
-on the other hosts of a multi-host run.
+on stderr, a tqdm bar with items/s and ETA on a terminal, a plain line every `every_s` seconds in a log file,
+and nothing on the other hosts of a multi-host run.
 
 `metrics.jsonl` has one JSON object per logged step (`step`, `loss`, eval metrics, ...) so runs can be
 compared and plotted without TensorBoard. On resume the lines past the restored step are dropped (they
@@ -137,7 +137,7 @@ def track(iterable: Iterable[T], total: int | None, desc: str, unit: str = "rows
           every_s: float = 30.0, stream: TextIO | None = None) -> Iterator[T]:
     """Yields `iterable`'s items while showing progress in `unit`s (each item counting `rows_per_item` of
     them, e.g. a batch of rows), out of `total` units when known."""
-    stream = stream or sys.stdout
+    stream = stream or sys.stderr  # stdout stays clean for the CLIs that print JSON there
     if jax.process_index() != 0:
         yield from iterable
         return

@@ -1,4 +1,5 @@
-"""The benchmark scripts run at toy sizes, and what they compute is right (FLOP count, same-weights losses)."""
+"""The benchmark scripts run at toy sizes, and what they compute is right (FLOP count, same-weights losses). The
+runs that build and time whole train steps are in the slow suite."""
 import importlib.util
 from pathlib import Path
 
@@ -25,6 +26,7 @@ def test_model_flops_match_a_hand_count():
     assert bench.model_flops_per_step(config, batch_size=3, num_candidates=5, seq_len=4) == expected
 
 
+@pytest.mark.slow  # a whole benchmark run: kept out of the fast suite's 10 minutes
 def test_train_step_benchmark_runs_both_frameworks_from_the_same_weights(tmp_path):
     bench = load("train_step_benchmark")
     result = bench.main(["--layers=1", "--hidden=32", "--heads=2", "--intermediate=64", "--seq_len=16",
@@ -37,6 +39,7 @@ def test_train_step_benchmark_runs_both_frameworks_from_the_same_weights(tmp_pat
     assert (tmp_path / "r.json").is_file()
 
 
+@pytest.mark.slow  # a whole benchmark run: kept out of the fast suite's 10 minutes
 def test_memory_only_compiles_without_allocating(tmp_path):
     bench = load("train_step_benchmark")
     result = bench.main(["--memory_only", "--layers=1", "--hidden=32", "--heads=2", "--intermediate=64",
@@ -92,6 +95,7 @@ def test_profile_breakdown_classes_ops_and_counts_matmul_flops():
     assert rows[1]["gflops_per_s"] == pytest.approx(2 * 4 * 3 * 8 / 0.5 / 1e9)
 
 
+@pytest.mark.slow  # a whole benchmark run: kept out of the fast suite's 10 minutes
 def test_input_pipeline_benchmark_times_the_feed_against_the_step():
     bench = load("input_pipeline_benchmark")
     result = bench.main(["--steps=2", "--warmup=1", "--gin_bindings=Trainer.eval_at_start = False"])

@@ -40,4 +40,5 @@ def test_other_hosts_print_nothing(monkeypatch):
 def test_batches_with_a_description_are_tracked(capsys):
     batches = list(fixed_size_batches(4, np.arange(10), desc="decode segments"))
     assert [len(b[0]) for b in batches] == [4, 4, 4]
-    assert "decode segments: 10/10 rows" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "decode segments: 10/10 rows" in captured.err and captured.out == ""  # stdout stays for JSON
