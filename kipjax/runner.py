@@ -23,7 +23,7 @@ from kipjax.trainer import Trainer
 def train(method: Method = gin.REQUIRED, model_dir: str = gin.REQUIRED) -> Metrics:
     """Builds the trainer for `method`, records the config next to the checkpoints, trains, returns metrics."""
     primary = jax.process_index() == 0  # one writer per shared MODEL_DIR on multi-host runs
-    checkpoints.check_model_dir(model_dir)  # before anything is built; the trainer checks the space too
+    checkpoints.check_model_dir(model_dir)  # before config.gin is written; the trainer checks the space too
     if primary:
         atomic_write_text(os.path.join(model_dir, "config.gin"), gin.config_str())
     trainer = Trainer(method, model_dir=model_dir)

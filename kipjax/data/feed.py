@@ -102,6 +102,7 @@ class SeqioFeed:
         self.seed = seed
         self.lengths = dict(task_feature_lengths or {})
         self.shuffle_buffer_size = shuffle_buffer_size
+        self._shards: dict[tuple[str, int], tf.data.Dataset] = {}
         processes, process = jax.process_count(), jax.process_index()
         self.num_shards = num_shards or processes
         if self.num_shards % processes:
@@ -149,7 +150,14 @@ class SeqioFeed:
         return {seqio.get_mixture_or_task(k): v for k, v in composition.items()}
 
     def _shard(self, task: seqio.Task, shard: int) -> tf.data.Dataset:
-        """One shard of `task`'s split in file order, features trimmed and padded to their lengths."""
+        """One shard of `task`'s split in file order, features trimmed and padded to their lengths; built once
+        (for counting, then reshuffled every epoch) rather than through seqio again at each epoch start."""
+        key = (task.name, shard)
+        if key not in self._shards:
+            self._shards[key] = self._build_shard(task, shard)
+        return self._shards[key]
+
+    def _build_shard(self, task: seqio.Task, shard: int) -> tf.data.Dataset:
         lengths = {k: v for k, v in self.lengths.items() if k in task.output_features}
         ds = task.get_dataset(sequence_length=lengths or None, split=self.split, shuffle=False, num_epochs=1,
                               shard_info=seqio.ShardInfo(shard, self.num_shards), trim_output_features=True)
