@@ -1,4 +1,5 @@
-"""Optimizers from gin: an optax chain of clipping, a learning-rate schedule and the update rule."""
+"""Optimizers from gin: an optax chain of clipping, a learning-rate schedule and the update rule; and the
+multi-task gradient combiners (task_combiners.py) that turn per-task gradients into the one it updates with."""
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -6,6 +7,9 @@ from typing import Any, Callable
 import gin
 import jax
 import optax
+
+from kipjax.optim.task_combiners import (TaskGradientCombiner, cgd_combiner, gradnorm_combiner,  # noqa: F401
+                                         naive_combiner, pcgrad_combiner, task_sensitivity_combiner)
 
 
 @gin.configurable
