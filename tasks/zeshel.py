@@ -1,18 +1,20 @@
-"""SeqIO tasks over Zeshel-format data: `zeshel_retrieval` (the real dataset) and `demo_zeshel_retrieval`.
+"""SeqIO tasks over Zeshel-format data: mention retrieval (`zeshel_retrieval`, `demo_zeshel_retrieval`) and
+reranking a retriever's candidates (`zeshel_rerank`, `demo_zeshel_rerank`).
 
-Each task streams featurized mentions (`mention_input_ids`, `mention_attention_mask`, `gold_entity`, `world`,
-`mention_index`); the entity table a retriever scores them against is not a stream but a device-resident
-table, available from `split_arrays` (the same cached arrays the stream is cut from, so `gold_entity` rows
-and `world` ids agree with it).
+A retrieval example is a featurized mention (`mention_input_ids`, `mention_attention_mask`, `gold_entity`,
+`world`, `mention_index`); a rerank example adds its training candidates (`candidates`: the gold entity row,
+then the retriever's best non-gold rows; `candidate_mask`), read from the retriever's `candidates_{split}.json`.
+The entity table the rows index is not a stream but a device-resident table, available from `split_arrays`
+(the same cached arrays the stream is cut from, so entity rows and `world` ids agree with it).
 
-`zeshel_retrieval` finds its data when first read, not at import: gin `zeshel_settings.data_dir` or the
+The real tasks find their data when first read, not at import: gin `zeshel_settings.data_dir` or the
 environment variable KIPJAX_ZESHEL_DIR (and likewise the tokenizer: `zeshel_settings.tokenizer_dir`,
-KIPJAX_ZESHEL_TOKENIZER, or DATA_DIR/tokenizer). Pretrained vocabularies get the marker tokens added.
+KIPJAX_ZESHEL_TOKENIZER, or DATA_DIR/tokenizer), and for reranking `zeshel_rerank_settings.candidates_dir`.
+Pretrained vocabularies get the marker tokens added.
 """
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from typing import Callable, NamedTuple
 
@@ -20,14 +22,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow loads: k
 
 import gin
 import numpy as np
-import seqio
 import tensorflow as tf
 
 from kipjax.data.demo import bundled_demo_dir
-from kipjax.data.featurize import load_zeshel_split
+from kipjax.data.featurize import ZeshelSplit, load_zeshel_split
 from kipjax.data.markers import ensure_marker_tokens
 from kipjax.data.zeshel import SPLITS
+from kipjax.methods.joint_rerank import rerank_training_examples
 from kipjax.models.hf import load_tokenizer
+from tasks.token_tasks import register_array_task
 
 tf.get_logger().setLevel("ERROR")
 try:  # tf.data only runs host-side input pipelines here; leave accelerators to JAX
@@ -35,36 +38,30 @@ try:  # tf.data only runs host-side input pipelines here; leave accelerators to 
 except RuntimeError:  # TensorFlow already initialised its devices elsewhere
     pass
 
-
-class _DropUncachedSourceWarning(logging.Filter):
-    """seqio warns that an uncached FunctionDataSource shuffles poorly across restarts; ours is in memory and
-    the Task shuffles it with a buffer larger than any Zeshel split, so the warning does not apply."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "uncached FunctionDataset" not in record.getMessage()
-
-
-logging.getLogger("absl").addFilter(_DropUncachedSourceWarning())
-
 ZESHEL_DIR_ENV = "KIPJAX_ZESHEL_DIR"
 ZESHEL_TOKENIZER_ENV = "KIPJAX_ZESHEL_TOKENIZER"
 ZESHEL_TASK = "zeshel_retrieval"
 DEMO_ZESHEL_TASK = "demo_zeshel_retrieval"
-SHUFFLE_BUFFER_SIZE = 65536  # more than Zeshel's 49k training mentions: a full shuffle
+ZESHEL_RERANK_TASK = "zeshel_rerank"
+DEMO_ZESHEL_RERANK_TASK = "demo_zeshel_rerank"
 
 # feature name -> (key in load_zeshel_split's mention arrays, rank)
 _FEATURES = {"mention_input_ids": ("input_ids", 1), "mention_attention_mask": ("attention_mask", 1),
              "gold_entity": ("gold_entity", 0), "world": ("world", 0), "mention_index": ("mention_index", 0)}
-# Inputs arrive as wordpiece ids already, so the vocabulary only passes them through (its size is unused).
-OUTPUT_FEATURES = {name: seqio.Feature(seqio.PassThroughVocabulary(size=0), add_eos=False, dtype=tf.int32,
-                                       rank=rank)
-                   for name, (_, rank) in _FEATURES.items()}
+RERANK_FEATURES = {"mention_input_ids": 1, "mention_attention_mask": 1, "candidates": 1, "candidate_mask": 1,
+                   "mention_index": 0}
 
 
 class ZeshelSettings(NamedTuple):
     data_dir: str
     tokenizer_dir: str
     max_len: int
+
+
+class RerankSettings(NamedTuple):
+    data: ZeshelSettings  # max_len: each side's length, half the pair's (JointReranker.max_len // 2)
+    candidates_dir: str
+    num_candidates: int
 
 
 @gin.configurable
@@ -86,47 +83,67 @@ def demo_zeshel_settings(max_len: int = 128) -> ZeshelSettings:
     return ZeshelSettings(data_dir, os.path.join(data_dir, "tokenizer"), max_len)
 
 
+def _rerank_settings(task: str, data: ZeshelSettings, candidates_dir: str | None, max_len: int,
+                     num_candidates: int) -> RerankSettings:
+    if not candidates_dir:
+        raise ValueError(f"task {task!r} needs the retriever's candidate files: bind {task}_settings.candidates_dir "
+                         "in gin (the directory `python -m kipjax.index --candidates=DIR` wrote)")
+    return RerankSettings(data._replace(max_len=max_len // 2), candidates_dir, num_candidates)
+
+
+@gin.configurable
+def zeshel_rerank_settings(candidates_dir: str | None = None, max_len: int = 256,
+                           num_candidates: int = 64) -> RerankSettings:
+    """The real data (as `zeshel_settings` finds it) with a retriever's candidates; `max_len` and
+    `num_candidates` as `JointReranker`'s (the pair length, and the gold plus K-1 negatives)."""
+    return _rerank_settings(ZESHEL_RERANK_TASK, zeshel_settings(), candidates_dir, max_len, num_candidates)
+
+
+@gin.configurable
+def demo_zeshel_rerank_settings(candidates_dir: str | None = None, max_len: int = 256,
+                                num_candidates: int = 64) -> RerankSettings:
+    """The bundled demo data with the candidates of a retriever trained on it (the quickstart's)."""
+    return _rerank_settings(DEMO_ZESHEL_RERANK_TASK, demo_zeshel_settings(), candidates_dir, max_len,
+                            num_candidates)
+
+
 _SETTINGS: dict[str, Callable[[], ZeshelSettings]] = {ZESHEL_TASK: zeshel_settings,
                                                        DEMO_ZESHEL_TASK: demo_zeshel_settings}
+_RERANK_SETTINGS: dict[str, Callable[[], RerankSettings]] = {ZESHEL_RERANK_TASK: zeshel_rerank_settings,
+                                                              DEMO_ZESHEL_RERANK_TASK: demo_zeshel_rerank_settings}
 
 
 @functools.lru_cache(maxsize=8)
-def _load(settings: ZeshelSettings, split: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
+def _load(settings: ZeshelSettings, split: str) -> ZeshelSplit:
     tokenizer = ensure_marker_tokens(load_tokenizer(settings.tokenizer_dir))
-    mentions, entities, world_names, *_ = load_zeshel_split(settings.data_dir, split, tokenizer, settings.max_len)
-    return mentions, entities, world_names
+    return load_zeshel_split(settings.data_dir, split, tokenizer, settings.max_len)
 
 
 def split_arrays(task_name: str, split: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str]]:
-    """`load_zeshel_split`'s (mentions, entities, world_names) behind the task's stream, featurized once."""
-    return _load(_SETTINGS[task_name](), split)
+    """`load_zeshel_split`'s (mentions, entities, world_names) behind a retrieval task's stream, featurized once."""
+    loaded = _load(_SETTINGS[task_name](), split)
+    return loaded.mentions, loaded.entities, loaded.world_names
 
 
-def _dataset_fn(task_name: str) -> Callable[..., tf.data.Dataset]:
-    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-        del shuffle_files, seed  # one in-memory source; Task.get_dataset(shuffle=True) shuffles examples
-        mentions = split_arrays(task_name, split)[0]
-        return tf.data.Dataset.from_tensor_slices({name: mentions[key] for name, (key, _) in _FEATURES.items()})
-    return dataset_fn
+def _retrieval_rows(task_name: str, split: str) -> dict[str, np.ndarray]:
+    mentions = split_arrays(task_name, split)[0]
+    return {name: mentions[key] for name, (key, _) in _FEATURES.items()}
 
 
-def _register(task_name: str) -> None:
-    if task_name in seqio.TaskRegistry.names():  # re-import (e.g. importlib.reload) keeps the registration
-        return
-    seqio.TaskRegistry.add(task_name, source=seqio.FunctionDataSource(_dataset_fn(task_name), splits=SPLITS),
-                           output_features=OUTPUT_FEATURES, shuffle_buffer_size=SHUFFLE_BUFFER_SIZE)
+@functools.lru_cache(maxsize=8)
+def _rerank_rows(settings: RerankSettings, split: str) -> dict[str, np.ndarray]:
+    loaded = _load(settings.data, split)
+    rows = rerank_training_examples(loaded, settings.candidates_dir, split, settings.num_candidates)
+    return {**rows, "mention_index": loaded.mentions["mention_index"]}
 
 
-def materialize_split(task_name: str, split: str) -> dict[str, np.ndarray]:
-    """All examples of a split, read through `task.get_dataset` in file order, as int32 numpy arrays."""
-    task = seqio.get_mixture_or_task(task_name)
-    dataset = task.get_dataset(sequence_length=None, split=split, shuffle=False)
-    batches = list(dataset.batch(4096).as_numpy_iterator())
-    if not batches:
-        return {name: np.zeros((0, *[d or 0 for d in spec.shape]), np.int32)
-                for name, spec in dataset.element_spec.items()}
-    return {name: np.concatenate([b[name] for b in batches]) for name in _FEATURES}
+def rerank_arrays(task_name: str, split: str) -> dict[str, np.ndarray]:
+    """The rows behind a rerank task's stream; entity rows index `load_zeshel_split(...).entities` of the split."""
+    return _rerank_rows(_RERANK_SETTINGS[task_name](), split)
 
 
-_register(ZESHEL_TASK)
-_register(DEMO_ZESHEL_TASK)
+for _task in (ZESHEL_TASK, DEMO_ZESHEL_TASK):
+    register_array_task(_task, functools.partial(_retrieval_rows, _task),
+                        {name: rank for name, (_, rank) in _FEATURES.items()}, SPLITS)
+for _task in (ZESHEL_RERANK_TASK, DEMO_ZESHEL_RERANK_TASK):
+    register_array_task(_task, functools.partial(rerank_arrays, _task), RERANK_FEATURES, SPLITS)

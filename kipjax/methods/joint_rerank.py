@@ -35,6 +35,7 @@ from kipjax.models.bert import BertConfig, BertEncoder
 from kipjax.retrieval import nce
 
 MASKED_SCORE = -1e9  # finite, so a masked column gives zero probability and zero gradient, never NaN
+RERANK_INPUTS = ("mention_input_ids", "mention_attention_mask", "candidates", "candidate_mask")
 
 
 def pack_pairs(mention_ids: jax.Array, mention_mask: jax.Array, entity_ids: jax.Array,
@@ -125,27 +126,29 @@ class JointReranker(Method):
         self.eval_batch_size = eval_batch_size
         side_len = max_len // 2
 
-        train = load_zeshel_split(data_dir, train_split, self.tokenizer, side_len)
-        self.train_mentions, self.train_entities = train.mentions, train.entities
-        retrieved, found = _read_candidates(candidates_dir, train_split, train, num_candidates)
-        self.train_candidates, self.train_candidate_mask = training_candidates(
-            retrieved, found, self.train_mentions["gold_entity"], num_candidates)
+        self.train = load_zeshel_split(data_dir, train_split, self.tokenizer, side_len)
+        self.candidates_dir, self.train_split = candidates_dir, train_split
 
         evaluation = load_zeshel_split(data_dir, eval_split, self.tokenizer, side_len)
         self.eval_mentions, self.eval_entities, self.eval_worlds = (evaluation.mentions, evaluation.entities,
                                                                     evaluation.world_names)
         self.eval_candidates, self.eval_candidate_mask = _read_candidates(candidates_dir, eval_split, evaluation,
                                                                           eval_num_candidates)
-        self._entity_table = {"entity_input_ids": jnp.asarray(self.train_entities["input_ids"]),
-                              "entity_attention_mask": jnp.asarray(self.train_entities["attention_mask"])}
+        self._entity_table = {"entity_input_ids": jnp.asarray(self.train.entities["input_ids"]),
+                              "entity_attention_mask": jnp.asarray(self.train.entities["attention_mask"])}
         self._jit_scores = jax.jit(self._scores)
 
     # ------------------------------------------------------------------------------------- method contract
 
     def train_examples(self) -> dict[str, np.ndarray]:
-        m = self.train_mentions
-        return {"mention_input_ids": m["input_ids"], "mention_attention_mask": m["attention_mask"],
-                "candidates": self.train_candidates, "candidate_mask": self.train_candidate_mask}
+        return rerank_training_examples(self.train, self.candidates_dir, self.train_split, self.num_candidates)
+
+    def batch_from_features(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Rows of `train_examples()` or of the Zeshel rerank SeqIO tasks (the same featurization) -> the loss
+        inputs; the row ids they carry are not needed."""
+        batch = {k: features[k] for k in RERANK_INPUTS}
+        batch["candidate_mask"] = batch["candidate_mask"].astype(bool)
+        return batch
 
     def tables(self) -> dict[str, jax.Array]:
         return self._entity_table
@@ -209,6 +212,17 @@ def _read_candidates(candidates_dir: str, split_name: str, split: ZeshelSplit, k
     """The retriever's top-k rows (and validity mask) for the mentions of a loaded split."""
     return candidate_files.read_candidates(candidate_files.candidates_path(candidates_dir, split_name),
                                            split.mention_ids, {d: i for i, d in enumerate(split.entity_ids)}, k)
+
+
+def rerank_training_examples(split: ZeshelSplit, candidates_dir: str, split_name: str,
+                             num_candidates: int) -> dict[str, np.ndarray]:
+    """The training rows of a loaded split: each mention's tokens and its `training_candidates` from the
+    retriever's candidates file (the featurization of both the method and the rerank SeqIO tasks)."""
+    retrieved, found = _read_candidates(candidates_dir, split_name, split, num_candidates)
+    candidates, mask = training_candidates(retrieved, found, split.mentions["gold_entity"], num_candidates)
+    return {"mention_input_ids": split.mentions["input_ids"],
+            "mention_attention_mask": split.mentions["attention_mask"], "candidates": candidates,
+            "candidate_mask": mask}
 
 
 def training_candidates(retrieved: np.ndarray, valid: np.ndarray, gold: np.ndarray,

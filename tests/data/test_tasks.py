@@ -4,6 +4,7 @@ import pytest
 import seqio
 
 import tasks.zeshel as zeshel_tasks
+from tasks.token_tasks import materialize_split
 from kipjax.data.demo import bundled_demo_dir
 from kipjax.data.zeshel import read_mentions
 
@@ -15,7 +16,7 @@ def test_both_tasks_are_registered():
 
 def test_demo_task_stream_equals_the_featurized_arrays():
     mentions, entities, worlds = zeshel_tasks.split_arrays(zeshel_tasks.DEMO_ZESHEL_TASK, "val")
-    streamed = zeshel_tasks.materialize_split(zeshel_tasks.DEMO_ZESHEL_TASK, "val")
+    streamed = materialize_split(zeshel_tasks.DEMO_ZESHEL_TASK, "val")
     assert len(streamed["gold_entity"]) == len(read_mentions(bundled_demo_dir(), "val"))
     np.testing.assert_array_equal(streamed["mention_input_ids"], mentions["input_ids"])
     np.testing.assert_array_equal(streamed["mention_attention_mask"], mentions["attention_mask"])
@@ -42,6 +43,6 @@ def test_real_task_without_a_data_dir_says_how_to_set_one(monkeypatch):
 
 def test_real_task_reads_a_directory_from_the_environment(monkeypatch):
     monkeypatch.setenv(zeshel_tasks.ZESHEL_DIR_ENV, bundled_demo_dir())  # same layout as the real dataset
-    real = zeshel_tasks.materialize_split(zeshel_tasks.ZESHEL_TASK, "test")
-    demo = zeshel_tasks.materialize_split(zeshel_tasks.DEMO_ZESHEL_TASK, "test")
+    real = materialize_split(zeshel_tasks.ZESHEL_TASK, "test")
+    demo = materialize_split(zeshel_tasks.DEMO_ZESHEL_TASK, "test")
     np.testing.assert_array_equal(real["mention_input_ids"], demo["mention_input_ids"])

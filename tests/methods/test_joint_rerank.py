@@ -163,3 +163,30 @@ def test_reranker_learns_on_the_demo_worlds(tmp_path):
     history = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     before = history[0]["eval/normalized_accuracy"]
     assert metrics["eval/normalized_accuracy"] > max(0.35, before + 0.2), (before, metrics)
+
+
+def test_the_rerank_task_feeds_the_trainer_the_methods_own_examples(tmp_path):
+    """demo_rerank.gin trains from `demo_zeshel_rerank`: each row, looked up by its `mention_index`, is the
+    method's own (mention tokens, gold then the retriever's negatives, their mask)."""
+    import tasks.zeshel  # noqa: F401  (registers the tasks)
+    from kipjax.methods.joint_rerank import RERANK_INPUTS
+    write_world_candidates(tmp_path, "train", 8, gold_rank=2, drop_gold_every=3)
+    write_world_candidates(tmp_path, "val", 8, gold_rank=0)
+    reranker = make_reranker(tmp_path)
+    for name, value in dict(candidates_dir=str(tmp_path), max_len=48, num_candidates=8).items():
+        gin.bind_parameter(f"demo_zeshel_rerank_settings.{name}", value)
+    trainer = Trainer(reranker, model_dir=str(tmp_path / "run"), train_steps=1, batch_size=8,
+                      mixture_or_task_name="demo_zeshel_rerank")
+    own = reranker.train_examples()
+    for _ in range(3):
+        rows = trainer.feed.peek()["mention_index"]
+        batch = trainer.next_batch()
+        assert set(batch) == set(RERANK_INPUTS)
+        for key in RERANK_INPUTS:
+            np.testing.assert_array_equal(batch[key], own[key][rows])
+
+
+def test_the_rerank_task_needs_a_candidates_directory():
+    import tasks.zeshel as zeshel_tasks
+    with pytest.raises(ValueError, match="demo_zeshel_rerank_settings.candidates_dir"):
+        zeshel_tasks.rerank_arrays(zeshel_tasks.DEMO_ZESHEL_RERANK_TASK, "train")

@@ -73,7 +73,7 @@ def test_training_arrays_put_the_loss_on_the_answer_and_eos_only(method):
     tokenizer = method.tokenizer
     docs = read_docred(demo_docred_path("dev.json"))[:2]
     rows = rc_features.prompt_rows([rc_features.all_pairs(d)[:5] for d in docs], group_size=3)
-    arrays = rc_features.training_arrays(tokenizer, docs, rows, RELATIONS, max_length=1024)
+    arrays = rc_features.training_arrays(rc_features.training_sequences(tokenizer, docs, rows, RELATIONS, 1024), 1024)
     assert arrays["input_ids"].shape[1] % 8 == 0
     for i, row in enumerate(rows):
         doc = docs[row.doc_index]
@@ -92,10 +92,12 @@ def test_training_arrays_drop_rows_too_long_and_refuse_when_none_fit(method, cap
     docs = read_docred(demo_docred_path("dev.json"))[:2]
     rows = [rc_features.PromptRow(0, ((0, 1),)), rc_features.PromptRow(1, tuple(rc_features.all_pairs(docs[1])[:18]))]
     short = len(rc_features.encode_prompt(method.tokenizer, docs[0], [(0, 1)], RELATIONS)) + 20
-    arrays = rc_features.training_arrays(method.tokenizer, docs, rows, RELATIONS, max_length=short)
-    assert len(arrays["input_ids"]) == 1 and "1 of 2 training prompts" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="no training prompt"):
-        rc_features.training_arrays(method.tokenizer, docs, rows, RELATIONS, max_length=10)
+    sequences = rc_features.training_sequences(method.tokenizer, docs, rows, RELATIONS, max_length=short)
+    assert len(sequences) == 1 and "1 of 2 prompts" in capsys.readouterr().out
+    width = rc_features.training_arrays(sequences, short)["input_ids"].shape[1]
+    assert len(sequences[0]["input_ids"]) <= width <= short and (width % 8 == 0 or width == short)
+    with pytest.raises(ValueError, match="no prompt fits"):
+        rc_features.training_sequences(method.tokenizer, docs, rows, RELATIONS, max_length=10)
 
 
 def test_type_baseline_by_hand():
@@ -220,3 +222,26 @@ def test_negative_draws_give_separate_prompt_sets(tmp_path):
 def test_a_missing_candidates_file_says_to_run_stage_1(tmp_path):
     with pytest.raises(FileNotFoundError, match="run stage 1 first"):
         make_method(tmp_path, eval_candidates_file=str(tmp_path / "nowhere.json"))
+
+
+def test_the_docred_rc_task_feeds_the_trainer_the_methods_own_examples(tmp_path, assert_same_rows):
+    """demo_rc.gin trains from `demo_docred_rc`: with the method's knobs bound to the task too (negative draws,
+    stage-1 training candidates included), the feed's zero-padded rows are the method's own padded rows."""
+    import gin
+    import tasks.docred  # noqa: F401  (registers the tasks)
+    from kipjax.data.feed import SeqioFeed
+    docs = read_docred(demo_docred_path("train_annotated.json"))
+    rng = random.Random(1)
+    candidates = tmp_path / "candidates_train.json"
+    write_candidate_pairs(candidates, docs, [rng.sample(rc_features.all_pairs(d), 2) for d in docs])
+    knobs = dict(group_size=6, negative_ratio=0.5, negative_draws=2, train_candidates_file=str(candidates),
+                 max_length=1024, seed=3)
+    own = make_method(tmp_path, **knobs).train_examples()
+    for name, value in knobs.items():
+        gin.bind_parameter(f"demo_docred_rc_settings.{name}", value)
+    gin.bind_parameter("SeqioFeed.task_feature_lengths",
+                       {name: own["input_ids"].shape[1] for name in rc_features.SEQUENCE_FEATURES})
+    n = len(own["input_ids"])
+    method = make_method(tmp_path, **knobs)
+    batch = method.batch_from_features(SeqioFeed("demo_docred_rc", n).peek())  # what the trainer does
+    assert_same_rows(batch, own)

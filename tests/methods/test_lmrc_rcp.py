@@ -163,3 +163,23 @@ def test_method_trains_a_step_and_proposes_pairs_above_the_threshold(tmp_path):
     assert written == method.propose(params, method.eval_documents)
     total = sum(len(d.entities) * (len(d.entities) - 1) for d in method.eval_documents)
     assert sum(map(len, written)) / total == pytest.approx(metrics["fraction_kept"])
+
+
+def test_the_docred_rcp_task_feeds_the_trainer_the_methods_own_examples(assert_same_rows):
+    """demo_rcp.gin trains from `demo_docred_rcp`: its rows are the method's own featurized documents."""
+    import gin
+    import tasks.docred  # noqa: F401  (registers the tasks)
+    from kipjax.data.feed import SeqioFeed
+    shape = dict(max_length=126, max_entities=14, max_mentions=8)
+    config = BertConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=130, add_pooler=False)
+    method = rcp.RelationCandidateProposal(
+        train_file=demo_docred_path("train_annotated.json"), eval_file=demo_docred_path("dev.json"),
+        tokenizer_dir=demo_docred_path("bert_tokenizer"), encoder_config=config, window=64, stride=32,
+        block_size=16, **shape)
+    for name, value in shape.items():
+        gin.bind_parameter(f"demo_docred_rcp_settings.{name}", value)
+    own = method.train_examples()
+    batch = method.batch_from_features(SeqioFeed("demo_docred_rcp", len(own["input_ids"])).peek())
+    assert batch["pair_mask"].dtype == own["pair_mask"].dtype == bool
+    assert_same_rows(batch, own)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 from typing import Any, Mapping, Sequence
 
 import gin
@@ -54,7 +53,8 @@ def relation_names_of(rel_info_file: str, rel2id_file: str | None = None) -> dic
     return {relation: names[relation] for relation in sorted(rel2id, key=rel2id.__getitem__) if relation != "Na"}
 
 
-def _candidates(path: str, docs: list[DocredDocument]) -> list[list[Pair]]:
+def read_stage1_candidates(path: str, docs: list[DocredDocument]) -> list[list[Pair]]:
+    """Per document, the pairs stage 1 proposed in `path`; a missing file says how to write it."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"RelationClassification: no candidates file {path}; run stage 1 first "
                                 "(RelationCandidateProposal with candidates_file set writes it at evaluation), or "
@@ -153,17 +153,14 @@ class RelationClassification(Method):
                                                            self.model.config.vocab_size)
 
         self.train_documents = read_docred(train_file, self.relation_names.keys())
-        train_candidates = (_candidates(train_candidates_file, self.train_documents)
+        train_candidates = (read_stage1_candidates(train_candidates_file, self.train_documents)
                             if train_candidates_file else [[] for _ in self.train_documents])
-        rng = random.Random(seed)
-        train_rows = [row for _ in range(negative_draws) for row in rc_features.prompt_rows(
-            [rc_features.training_pairs(doc, negative_ratio, rng, candidates)
-             for doc, candidates in zip(self.train_documents, train_candidates)], group_size)]
-        self._train = rc_features.training_arrays(self.tokenizer, self.train_documents, train_rows,
-                                                  self.relation_names, max_length)
+        self.train_rows = rc_features.training_prompt_rows(self.train_documents, train_candidates, negative_ratio,
+                                                           negative_draws, seed, group_size)
+        self.max_length = max_length
 
         self.eval_documents = read_docred(eval_file)[:eval_max_documents]
-        self.eval_pairs = (_candidates(eval_candidates_file, self.eval_documents) if eval_candidates_file
+        self.eval_pairs = (read_stage1_candidates(eval_candidates_file, self.eval_documents) if eval_candidates_file
                            else [rc_features.all_pairs(d) for d in self.eval_documents])
         self.type_rules = fit_type_rules(self.train_documents)
         self._jit_decode = jax.jit(self._decode, static_argnums=(3, 4))
@@ -171,7 +168,14 @@ class RelationClassification(Method):
     # ------------------------------------------------------------------------------------- method contract
 
     def train_examples(self) -> dict[str, np.ndarray]:
-        return self._train
+        sequences = rc_features.training_sequences(self.tokenizer, self.train_documents, self.train_rows,
+                                                   self.relation_names, self.max_length)
+        return rc_features.training_arrays(sequences, self.max_length)
+
+    def batch_from_features(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Rows of `train_examples()` or of the DocRED RC SeqIO tasks (the same sequences, zero-padded by the
+        feed; the masks are features, so no pad id is guessed)."""
+        return {name: features[name] for name in rc_features.SEQUENCE_FEATURES}
 
     def init(self, rng: jax.Array, batch: Mapping[str, Any]) -> Params:
         params = self.model.init(rng, batch["input_ids"][:1], batch["attention_mask"][:1])["params"]

@@ -23,6 +23,9 @@ from kipjax.methods.lmrc.answer_constraint import encode_answer
 from kipjax.methods.lmrc.prompts import Pair, build_prompt, group_pairs
 
 
+SEQUENCE_FEATURES = ("input_ids", "attention_mask", "targets", "loss_mask")
+
+
 @dataclasses.dataclass(frozen=True)
 class PromptRow:
     """One prompt: a document (index into the document list) and the pairs it asks about, in order."""
@@ -51,6 +54,16 @@ def training_pairs(doc: DocredDocument, negative_ratio: float, rng: random.Rando
     return sorted(chosen | set(rng.sample(rest, count)))
 
 
+def training_prompt_rows(docs: Sequence[DocredDocument], candidates_per_doc: Sequence[Sequence[Pair]],
+                         negative_ratio: float, negative_draws: int, seed: int, group_size: int) -> list[PromptRow]:
+    """`negative_draws` independent sets of training prompts over all documents (`training_pairs` with one
+    random stream seeded by `seed`, drawn document by document, set after set)."""
+    rng = random.Random(seed)
+    return [row for _ in range(negative_draws) for row in prompt_rows(
+        [training_pairs(doc, negative_ratio, rng, candidates) for doc, candidates in zip(docs, candidates_per_doc)],
+        group_size)]
+
+
 def prompt_rows(pairs_per_doc: Sequence[Sequence[Pair]], group_size: int) -> list[PromptRow]:
     """Each document's pairs, sorted, in groups of `group_size` (documents without pairs get no prompt)."""
     return [PromptRow(i, tuple(group)) for i, pairs in enumerate(pairs_per_doc)
@@ -64,13 +77,12 @@ def encode_prompt(tokenizer: Any, doc: DocredDocument, pairs: Sequence[Pair],
     return [tokenizer.bos_token_id] + list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def training_arrays(tokenizer: Any, docs: Sequence[DocredDocument], rows: Sequence[PromptRow],
-                    relation_names: Mapping[str, str], max_length: int, multiple: int = 8) -> dict[str, np.ndarray]:
-    """Right-padded [N, L] `input_ids`, `attention_mask`, `targets` (the next token) and `loss_mask` (1 where
-    the target is an answer token or EOS), L the longest row rounded up to `multiple`, at most `max_length`.
-    A sequence longer than `max_length` + 1 tokens would lose its answer's end, so its row is dropped and the
-    count printed."""
-    inputs, targets, loss_masks = [], [], []
+def training_sequences(tokenizer: Any, docs: Sequence[DocredDocument], rows: Sequence[PromptRow],
+                       relation_names: Mapping[str, str], max_length: int) -> list[dict[str, list[int]]]:
+    """Per prompt row, unpadded `input_ids`, `attention_mask`, `targets` (the next token) and `loss_mask` (1
+    where the target is an answer token or EOS). A sequence longer than `max_length` + 1 tokens would lose its
+    answer's end, so its row is dropped and the count printed."""
+    sequences = []
     for row in rows:
         doc = docs[row.doc_index]
         prompt = encode_prompt(tokenizer, doc, row.pairs, relation_names)
@@ -78,15 +90,18 @@ def training_arrays(tokenizer: Any, docs: Sequence[DocredDocument], rows: Sequen
         sequence = prompt + answer
         if len(sequence) - 1 > max_length:
             continue
-        inputs.append(sequence[:-1])
-        targets.append(sequence[1:])
-        loss_masks.append([0] * (len(prompt) - 1) + [1] * len(answer))
-    if len(inputs) < len(rows):
-        print(f"LMRC stage 2: {len(rows) - len(inputs)} of {len(rows)} training prompts are longer than "
+        sequences.append({"input_ids": sequence[:-1], "attention_mask": [1] * (len(sequence) - 1),
+                          "targets": sequence[1:], "loss_mask": [0] * (len(prompt) - 1) + [1] * len(answer)})
+    if len(sequences) < len(rows):
+        print(f"LMRC stage 2: {len(rows) - len(sequences)} of {len(rows)} prompts are longer than "
               f"max_length={max_length} tokens and were dropped (raise max_length or lower group_size)", flush=True)
-    if not inputs:
-        raise ValueError(f"LMRC stage 2: no training prompt fits in max_length={max_length} tokens")
-    length = min(max_length, round_up(max(len(x) for x in inputs), multiple))
-    return {"input_ids": pad_rows(inputs, length), "attention_mask": pad_rows([[1] * len(x) for x in inputs], length),
-            "targets": pad_rows(targets, length), "loss_mask": pad_rows(loss_masks, length)}
+    if not sequences:
+        raise ValueError(f"LMRC stage 2: no prompt fits in max_length={max_length} tokens")
+    return sequences
 
+
+def training_arrays(sequences: Sequence[Mapping[str, list[int]]], max_length: int,
+                    multiple: int = 8) -> dict[str, np.ndarray]:
+    """`training_sequences` right-padded to [N, L], L the longest rounded up to `multiple`, at most `max_length`."""
+    length = min(max_length, round_up(max(len(x["input_ids"]) for x in sequences), multiple))
+    return {name: pad_rows([x[name] for x in sequences], length) for name in SEQUENCE_FEATURES}

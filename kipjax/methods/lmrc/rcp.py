@@ -231,19 +231,24 @@ class RelationCandidateProposal(Method):
         self.candidates_file = candidates_file
         self.shape = dict(max_length=max_length, max_entities=max_entities, max_mentions=max_mentions)
         self.train_documents = read_docred(train_file)
-        self._train = self.featurize(self.train_documents)
         self.eval_documents = read_docred(eval_file)
         self._eval = self.featurize(self.eval_documents)
         self._jit_scores = jax.jit(self.scores)
 
     def featurize(self, docs: Sequence[DocredDocument]) -> dict[str, np.ndarray]:
-        return rcp_features.pad_documents([rcp_features.featurize_document(d, self.tokenizer) for d in docs],
-                                          **self.shape)
+        return rcp_features.featurize_documents(docs, self.tokenizer, **self.shape)
 
     # ------------------------------------------------------------------------------------- method contract
 
     def train_examples(self) -> dict[str, np.ndarray]:
-        return self._train
+        return self.featurize(self.train_documents)
+
+    def batch_from_features(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Rows of `train_examples()` or of the DocRED RCP SeqIO tasks (the same featurization; SeqIO's
+        features are int32, so `pair_mask` becomes bool again)."""
+        batch = {name: features[name] for name in rcp_features.FEATURES}
+        batch["pair_mask"] = batch["pair_mask"].astype(bool)
+        return batch
 
     def init(self, rng: jax.Array, batch: Mapping[str, Any]) -> Params:
         params = self.model.init(rng, batch["input_ids"][:1], batch["attention_mask"][:1],

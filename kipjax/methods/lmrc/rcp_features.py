@@ -16,6 +16,8 @@ from transformers import PreTrainedTokenizerBase
 from kipjax.data.docred import DocredDocument
 
 MARKER = "*"
+FEATURES = {"input_ids": 1, "attention_mask": 1, "mention_positions": 2, "pair_heads": 1, "pair_tails": 1,
+            "pair_labels": 1, "pair_mask": 1}  # name -> rank, the arrays of `pad_documents`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,3 +88,10 @@ def pad_documents(docs: Sequence[RcpDocument], max_length: int, max_entities: in
         out["pair_labels"][i, :n] = doc.labels
         out["pair_mask"][i, :n] = True
     return out
+
+
+def featurize_documents(docs: Sequence[DocredDocument], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                        max_entities: int, max_mentions: int) -> dict[str, np.ndarray]:
+    """`pad_documents` of the documents' `featurize_document`s: stage 1's inputs and labels, as the method and
+    the DocRED RCP SeqIO tasks both build them."""
+    return pad_documents([featurize_document(d, tokenizer) for d in docs], max_length, max_entities, max_mentions)
