@@ -40,7 +40,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from kipjax.data.zeshel import json_lines, required_field
+from kipjax.data.jsonl import json_lines, required_field
 from kipjax.run_log import atomic_write_text
 
 Span = tuple[int, int]

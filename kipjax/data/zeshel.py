@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Callable, Mapping
+
+from kipjax.data.jsonl import json_lines, required_field
 
 SPLITS = ("train", "heldout_train_seen", "heldout_train_unseen", "val", "test")
 
@@ -42,33 +43,6 @@ class Mention:
     world: str
     category: str
     text: str | None = None
-
-
-def json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(1-based line number, record) for each non-blank line; a line that is not a JSON object raises."""
-    with path.open(encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_number}: expected a JSON object, got invalid JSON ({e})") from e
-            if not isinstance(record, dict):
-                raise ValueError(
-                    f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
-            yield line_number, record
-
-
-def required_field(record: Mapping[str, Any], name: str, kind: type, where: str) -> Any:
-    """`record[name]`, checked to be present and of type `kind` (bool does not count as int)."""
-    if name not in record:
-        raise ValueError(f"{where}: missing field '{name}'")
-    value = record[name]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise ValueError(
-            f"{where}: field '{name}' must be {kind.__name__}, got {type(value).__name__} {value!r:.60}")
-    return value
 
 
 def read_documents(root: str | Path) -> dict[str, list[Document]]:

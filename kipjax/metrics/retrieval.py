@@ -22,6 +22,8 @@ from typing import Any, Hashable, Iterable, Sequence
 
 import numpy as np
 
+from kipjax.data.jsonl import json_lines
+
 Gold = Any  # a scalar id or a list of ids / lists of ids; see the module docstring
 Ranked = Sequence[Sequence[Hashable]] | np.ndarray
 
@@ -68,7 +70,7 @@ def recall_at_k(ranked: Ranked, gold: Sequence[Gold], k: int) -> float:
     return _mean(float(bool(relevant_ids(g) & set(row[:k]))) for row, g in _rows(ranked, gold))
 
 
-def _evidence_rank(row: list, sets: list[frozenset]) -> list:
+def evidence_rank(row: Sequence[Hashable], sets: Sequence[frozenset | set]) -> list:
     """KILT's rank: each evidence set is one point, placed where its last member is retrieved.
 
     Entries are True (a completed set), False (a non-gold prediction) or ("partial", set index) for a set
@@ -97,7 +99,7 @@ def evidence_recall_at_k(ranked: Ranked, gold: Sequence[Gold], k: int) -> float:
     singleton golds it is |gold ∩ top-k| / |gold|."""
     def one(row: list, g: Gold) -> float:
         sets = evidence_sets(g)
-        return _evidence_rank(row, sets)[:k].count(True) / len(sets) if sets and row else 0.0
+        return evidence_rank(row, sets)[:k].count(True) / len(sets) if sets and row else 0.0
     return _mean(one(row, g) for row, g in _rows(ranked, gold))
 
 
@@ -157,24 +159,15 @@ def read_jsonl_by_id(path: str, fields: Sequence[str]) -> dict[str, JsonlRecord]
     Blank lines are skipped. Every record must be an object with an "id" and all of `fields`.
     """
     records: dict[str, JsonlRecord] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg})") from e
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            missing = [key for key in ("id", *fields) if key not in record]
-            if missing:
-                raise ValueError(f"{where}: missing field(s) {missing}; expected {['id', *fields]}")
-            key = str(record["id"]).strip()
-            if key in records:
-                raise ValueError(f"{where}: duplicate id {record['id']!r}")
-            records[key] = JsonlRecord(where, record)
+    for line_number, record in json_lines(path):
+        where = f"{path}:{line_number}"
+        missing = [key for key in ("id", *fields) if key not in record]
+        if missing:
+            raise ValueError(f"{where}: missing field(s) {missing}; expected {['id', *fields]}")
+        key = str(record["id"]).strip()
+        if key in records:
+            raise ValueError(f"{where}: duplicate id {record['id']!r}")
+        records[key] = JsonlRecord(where, record)
     return records
 
 

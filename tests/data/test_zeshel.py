@@ -60,7 +60,7 @@ def mention(**changes):
 
 
 MALFORMED_MENTIONS = {
-    "bad json": ('{"mention_id": "M1", ', "expected a JSON object, got invalid JSON"),
+    "bad json": ('{"mention_id": "M1", ', "invalid JSON"),
     "not an object": ('["M1", "D1"]', "expected a JSON object, got list"),
     "missing field": (mention(label_document_id=DROP), "missing field 'label_document_id'"),
     "missing corpus": (mention(corpus=DROP), "missing field 'corpus'"),
@@ -97,7 +97,7 @@ def test_duplicate_mention_id(tmp_path):
 
 
 MALFORMED_DOCUMENTS = {
-    "bad json": ("{document_id: D3}", "expected a JSON object, got invalid JSON"),
+    "bad json": ("{document_id: D3}", "invalid JSON"),
     "missing title": (json.dumps({"document_id": "D3", "text": "x"}), "missing field 'title'"),
     "text not str": (json.dumps({"document_id": "D3", "title": "T", "text": ["x"]}), "field 'text' must be str"),
     "id not str": (json.dumps({"document_id": 3, "title": "T", "text": "x"}), "field 'document_id' must be str"),
