@@ -6,14 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import safetensors.torch
 import torch
 import transformers
 
 from kipjax import decoding
 from kipjax.models import hf
 from kipjax.models.t5 import T5, T5Config, is_cross_attention_cache, relative_position_bucket
-from torch_init import randomized
+from torch_init import save_random_t5
 
 # How each T5 generation reaches a user's disk. transformers 5 itself writes the first two with
 # `save_pretrained`; the third is the Hub's FLAN-T5 / T0 / T5 v1.1 layout, which predates `scale_decoder_outputs`.
@@ -40,16 +39,7 @@ TARGET = np.array([[0, 12, 17, 4, 60, 2, 9, 33, 1, 5, 7, 8],
 def save_style(style: str, path, **overrides) -> None:
     """A random transformers T5 written to `path` the way checkpoints of `style` are."""
     config = transformers.T5Config(**{**TINY, **overrides}, **STYLES[style], dropout_rate=0.0)
-    randomized(transformers.T5ForConditionalGeneration(config)).save_pretrained(path)
-    if style == "flan_hub":
-        hf_config = json.loads((path / "config.json").read_text())
-        del hf_config["scale_decoder_outputs"]
-        hf_config["tie_word_embeddings"] = False
-        (path / "config.json").write_text(json.dumps(hf_config))
-        state = safetensors.torch.load_file(str(path / "model.safetensors"))
-        state["lm_head.weight"] = 0.2 * torch.randn(config.vocab_size, config.d_model,
-                                                    generator=torch.Generator().manual_seed(1))
-        safetensors.torch.save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    save_random_t5(config, path, hub_untied_head=style == "flan_hub")
 
 
 def transformers_logits(path) -> np.ndarray:
