@@ -9,7 +9,7 @@ reads its own shards and feeds its rows of every global batch.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax
 import gin
@@ -22,6 +22,7 @@ from flax import linen as nn
 from kipjax import checkpoints, optim, partitioning
 from kipjax.data.feed import FeedState, SeqioFeed, register_arrays_task
 from kipjax.methods.base import Method
+from kipjax.optim.task_combiners import TaskGradientCombiner
 from kipjax.run_log import MetricsLog, Progress
 
 
@@ -33,6 +34,7 @@ class TrainState:
     rng: jax.Array
     skipped_steps: jax.Array  # updates skipped because the loss or a gradient was not finite, in all
     skip_streak: jax.Array  # ... and in a row, up to this step
+    combiner_state: Any = ()  # the gradient combiner's state (multi-task methods only)
 
 
 class NonFiniteTraining(RuntimeError):
@@ -58,6 +60,8 @@ class Trainer:
     method configs); None serves the method's `train_examples()` through SeqIO instead. A step whose loss or
     gradient is not finite updates nothing (`skipped_steps` counts them); `max_consecutive_skips` of them in a
     row (checked at log and checkpoint steps; 0: never) stop the run before it saves another checkpoint.
+    `gradient_combiner` (a factory from `kipjax.optim.task_combiners`, e.g. `@task_sensitivity_combiner`) makes
+    a multi-task method's step take one gradient per task (`Method.task_loss`) and combine them.
     """
 
     def __init__(
@@ -74,6 +78,7 @@ class Trainer:
         seed: int = 0,
         mesh: jax.sharding.Mesh | None = None,
         mixture_or_task_name: str | None = None,
+        gradient_combiner: Callable[..., TaskGradientCombiner] | None = None,
     ):
         if batch_size % grad_accum_steps:
             raise ValueError(f"Trainer.batch_size {batch_size} is not divisible by grad_accum_steps "
@@ -94,6 +99,15 @@ class Trainer:
         if (batch_size // grad_accum_steps) % dp:
             raise ValueError(f"Trainer.batch_size / grad_accum_steps = {batch_size // grad_accum_steps} must be "
                              f"divisible by the {dp} data-parallel devices of mesh {dict(self.mesh.shape)}")
+        self.combiner = None
+        if gradient_combiner is not None:
+            if method.num_tasks < 1:
+                raise ValueError(f"Trainer.gradient_combiner needs a multi-task method; {type(method).__name__} "
+                                 "has no tasks (num_tasks = 0)")
+            if grad_accum_steps != 1:
+                raise ValueError("Trainer.gradient_combiner combines whole-batch task gradients; "
+                                 f"grad_accum_steps must be 1, got {grad_accum_steps}")
+            self.combiner = gradient_combiner(num_tasks=method.num_tasks, total_steps=train_steps)
         self.schedule = optim.learning_rate_schedule(total_steps=train_steps)
         self.optimizer = optim.make_optimizer(self.schedule)
         if type(method).trainable_mask is not Method.trainable_mask:  # the method freezes some parameters
@@ -114,7 +128,8 @@ class Trainer:
         params = self.method.init(init_rng, {**batch, "tables": self.method.tables()})
         zero = jnp.zeros((), jnp.int32)
         return TrainState(step=zero, params=params, opt_state=self.optimizer.init(params), rng=state_rng,
-                          skipped_steps=zero, skip_streak=zero)
+                          skipped_steps=zero, skip_streak=zero,
+                          combiner_state=() if self.combiner is None else self.combiner.init(params))
 
     def _state_shardings(self, batch: Mapping[str, Any]) -> Any:
         abstract = jax.eval_shape(self._init_fn, jax.random.PRNGKey(self.seed), batch)
@@ -168,7 +183,10 @@ class Trainer:
             return self.method.loss(params, {**microbatch, "tables": tables}, r)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        if self.grad_accum_steps == 1:
+        combiner_state = state.combiner_state
+        if self.combiner is not None:
+            loss, metrics, grads, combiner_state = self._combined_gradient(state, batch, tables, rng)
+        elif self.grad_accum_steps == 1:
             (loss, metrics), grads = grad_fn(state.params, batch, rng)
         else:
             micro = split_microbatches(batch, self.grad_accum_steps)
@@ -195,7 +213,25 @@ class Trainer:
         metrics = {**metrics, "loss": loss, "grad_norm": grad_norm, "learning_rate": self.schedule(state.step),
                    "skipped_steps": skipped}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state, skipped_steps=skipped,
-                             skip_streak=jnp.where(finite, 0, state.skip_streak + 1)), metrics
+                             skip_streak=jnp.where(finite, 0, state.skip_streak + 1),
+                             combiner_state=combiner_state), metrics
+
+    def _combined_gradient(self, state: TrainState, batch: dict, tables: dict, rng: jax.Array
+                           ) -> tuple[jax.Array, dict, Any, Any]:
+        """Each task's loss and gradient on its own rows, combined by the gradient combiner. The reported loss is
+        the mean of the task losses; metrics are per task (`task_{k}/...`)."""
+        losses, metrics, task_grads = [], {}, []
+        for task in range(self.method.num_tasks):
+            def loss_fn(params: Any) -> tuple[jax.Array, dict]:
+                return self.method.task_loss(params, {**batch, "tables": tables}, task, jax.random.fold_in(rng, task))
+            (loss, task_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            losses.append(loss)
+            task_grads.append(grads)
+            metrics.update({f"task_{task}/{k}": v for k, v in {**task_metrics, "loss": loss}.items()})
+        losses = jnp.stack(losses)
+        stacked = jax.tree.map(lambda *g: jnp.stack(g), *task_grads)
+        grads, combiner_state = self.combiner.update(stacked, state.combiner_state, state.params, losses)
+        return jnp.mean(losses), metrics, grads, combiner_state
 
     def compile_step(self, state_shardings: Any, batch: dict, tables: dict) -> Any:
         batch_shardings = jax.tree.map(lambda _: self.batch_sharding, batch)

@@ -177,8 +177,21 @@ def test_naive_combiner_sums_or_averages():
     rng = np.random.default_rng(5)
     grads = random_tree(rng, (T,))
     summed, _ = tc.naive_combiner().update(grads, (), None, jnp.zeros(T))
-    averaged, _ = tc.naive_combiner("mean").update(grads, (), None, jnp.zeros(T))
+    averaged, _ = tc.naive_combiner(reduction="mean").update(grads, (), None, jnp.zeros(T))
     np.testing.assert_allclose(flat(summed), flat(grads, T).sum(0), rtol=1e-6)
     np.testing.assert_allclose(flat(averaged), flat(grads, T).mean(0), rtol=1e-6)
     with pytest.raises(ValueError, match="reduction"):
-        tc.naive_combiner("max")
+        tc.naive_combiner(reduction="max")
+
+
+def test_the_burn_in_is_a_tenth_of_the_run_unless_given():
+    assert tc.task_sensitivity_combiner(num_tasks=2, total_steps=250).burn_in_steps == 25
+    assert tc.task_sensitivity_combiner(num_tasks=2, total_steps=250, burn_in_steps=3).burn_in_steps == 3
+
+
+def test_state_mirroring_boxed_params_gets_an_unsharded_task_axis():
+    from flax import linen as nn
+    params = {"w": nn.Partitioned(jnp.ones((4, 3)), names=("embed", "mlp"))}
+    state = tc.task_sensitivity_combiner(num_tasks=T).init(params)
+    box = state.sensitivity["w"]
+    assert isinstance(box, nn.Partitioned) and box.names == (None, "embed", "mlp") and box.value.shape == (T, 4, 3)

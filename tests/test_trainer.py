@@ -316,3 +316,76 @@ def test_an_unusable_model_dir_fails_before_training(tmp_path, monkeypatch):
     with pytest.raises(checkpoints.ModelDirError, match=r"has 0.0 MiB free on its disk, less than one checkpoint"):
         trainer.fit()
     assert not (tmp_path / "full_disk" / "checkpoints").exists() and not (tmp_path / "full_disk" / "metrics.jsonl").exists()
+
+
+class TwoTaskToyMethod(ToyMethod):
+    """Two classification tasks sharing the model, fed by a fixed batch composition (6 rows of task 0, then 2
+    of task 1): task 1 predicts shifted labels. `loss` is the sum of the task losses, the naive objective."""
+
+    num_tasks = 2
+    ROWS = (slice(0, 6), slice(6, 8))
+
+    def task_loss(self, params, batch, task, rng):
+        rows = {k: v[self.ROWS[task]] for k, v in batch.items() if k != "tables"}
+        logits = self.model.apply({"params": params}, rows["x"], deterministic=True)
+        labels = (rows["y"] + 3 * task) % CLASSES
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)), {}
+
+    def loss(self, params, batch, rng):
+        return sum(self.task_loss(params, batch, task, rng)[0] for task in range(self.num_tasks)), {}
+
+
+def two_task_mixture() -> str:
+    name = "kipjax_test_trainer_two_tasks"
+    if name not in seqio.MixtureRegistry.names():
+        toy = ToyMethod()
+        tasks = [register_arrays_task({"x": toy.x[rows], "y": toy.y[rows]}) for rows in (slice(0, 48), slice(48, None))]
+        seqio.MixtureRegistry.add(name, [(t, 1.0) for t in tasks])
+    gin.bind_parameter("SeqioFeed.batch_composition",
+                       dict(zip([t.name for t in seqio.get_mixture_or_task(name).tasks], (6, 2))))
+    return name
+
+
+def run_combined(model_dir, steps, combiner, mesh=None):
+    method = TwoTaskToyMethod()
+    trainer = Trainer(method, model_dir=str(model_dir), train_steps=steps, batch_size=8, log_every=1, seed=3,
+                      mesh=mesh, mixture_or_task_name=two_task_mixture(), gradient_combiner=combiner,
+                      eval_at_start=False)
+    state, metrics = trainer.fit()
+    return jax.device_get(state), metrics
+
+
+def test_summed_task_gradients_are_the_gradient_of_the_summed_loss(tmp_path):
+    from kipjax.optim import naive_combiner
+    single = partitioning.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    combined, metrics = run_combined(tmp_path / "combined", 4, naive_combiner, mesh=single)
+    plain, _ = run_combined(tmp_path / "plain", 4, None, mesh=single)
+    for a, b in zip(jax.tree.leaves(combined.params), jax.tree.leaves(plain.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert {"task_0/loss", "task_1/loss"} <= set(metrics)
+    assert metrics["loss"] == pytest.approx((metrics["task_0/loss"] + metrics["task_1/loss"]) / 2)
+
+
+def test_adaptive_learning_resumes_bit_for_bit_and_shards_like_one_device(tmp_path, kill_switch):
+    from kipjax.optim import task_sensitivity_combiner
+    gin.bind_parameter("Checkpointer.every_steps", 3)
+    gin.bind_parameter("task_sensitivity_combiner.beta", 0.5)
+    full, _ = run_combined(tmp_path / "full", 8, task_sensitivity_combiner)
+    assert int(full.combiner_state.count) == 8 and full.combiner_state.sensitivity["w1"].shape == (2, DIM, 32)
+    kill_switch.arm(5)
+    with pytest.raises(kill_switch.Killed):
+        run_combined(tmp_path / "killed", 8, task_sensitivity_combiner)
+    kill_switch.disarm()
+    resumed, _ = run_combined(tmp_path / "killed", 8, task_sensitivity_combiner)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+    single = partitioning.make_mesh({"data": 1}, devices=jax.devices()[:1])
+    alone, _ = run_combined(tmp_path / "alone", 8, task_sensitivity_combiner, mesh=single)
+    for a, b in zip(jax.tree.leaves(alone.params), jax.tree.leaves(full.params)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_a_combiner_needs_a_multi_task_method(tmp_path):
+    from kipjax.optim import naive_combiner
+    with pytest.raises(ValueError, match="needs a multi-task method"):
+        Trainer(ToyMethod(), model_dir=str(tmp_path), train_steps=1, gradient_combiner=naive_combiner)

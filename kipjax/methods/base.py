@@ -8,6 +8,9 @@ comes through SeqIO: a Task or Mixture named in gin (`Trainer.mixture_or_task_na
 Arrays the jitted step must read but that are not per-batch (an entity token table, mined negatives) are
 returned by `tables()`; the trainer places them on the mesh and hands them to `loss` as `batch["tables"]`,
 so a batch carries only ids and the step gathers on device.
+A multi-task method (`num_tasks` > 0) also gives each task's loss on that task's own rows of the batch
+(`task_loss`); a trainer with a gradient combiner (`kipjax.optim.task_combiners`) takes one gradient per task
+and combines them, and without one it minimises `loss` as usual.
 """
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ Metrics = dict[str, Any]
 
 class Method:
     """Base class with no-op defaults for the optional parts of the contract."""
+
+    num_tasks: int = 0  # > 0: a multi-task method that implements `task_loss`
 
     def train_examples(self) -> Mapping[str, np.ndarray]:
         """Training examples as arrays with a common leading dimension, for runs that name no SeqIO task; the
@@ -39,6 +44,12 @@ class Method:
 
     def loss(self, params: Params, batch: Mapping[str, Any], rng: jax.Array) -> tuple[jax.Array, Metrics]:
         """Scalar loss and a dict of scalar metrics for one (micro)batch; traced under jit."""
+        raise NotImplementedError
+
+    def task_loss(self, params: Params, batch: Mapping[str, Any], task: int, rng: jax.Array
+                  ) -> tuple[jax.Array, Metrics]:
+        """Task `task`'s (a Python int, < num_tasks) scalar loss on its own rows of `batch`, and its metrics;
+        traced under jit, once per task, so each task's forward and backward pass covers only its rows."""
         raise NotImplementedError
 
     def trainable_mask(self, params: Params) -> Any:

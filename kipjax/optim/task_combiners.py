@@ -6,6 +6,9 @@ its own sub-batch, so per-task gradients cost no extra model FLOPs) and `task_lo
 jit-able; their state is a pytree the trainer checkpoints (exact resume), and a state leaf that mirrors a
 parameter has the parameter's shape behind a task axis, so it shards like the parameter.
 
+A factory (what gin binds, e.g. `Trainer.gradient_combiner = @task_sensitivity_combiner`) is called by the
+trainer as `factory(num_tasks=T, total_steps=N)`, so neither has to be repeated in gin.
+
 - `naive_combiner`: the sum of the task gradients (the authors' naive multi-task baseline), or their mean.
 - `task_sensitivity_combiner`: TACO's adaptive learning (dissertation eq. 4.1, 4.2 and Algorithm 1), as the
   authors' code (WenzhengZhang/TACO, src/taco/trainer/mt_trainer.py, `taco_backward`) runs it:
@@ -40,6 +43,7 @@ from typing import Any, NamedTuple, Protocol
 import gin
 import jax
 import jax.numpy as jnp
+from flax import linen as nn
 
 Params = Any
 TaskGrads = Any  # a pytree like the params, each leaf with a leading task axis [T, ...]
@@ -53,6 +57,16 @@ class TaskGradientCombiner(Protocol):
 
 
 # ----------------------------------------------------------------------------------------------- helpers
+
+
+def per_task_zeros(params: Params, num_tasks: int) -> Params:
+    """float32 zeros [T, *shape] for every parameter; a logically boxed parameter (`nn.Partitioned`) gets a box
+    with an unsharded task axis in front of its own axis names, so the state shards like the parameter."""
+    def zeros(p: Any) -> Any:
+        if isinstance(p, nn.Partitioned):
+            return p.replace(value=zeros(p.value), names=(None, *p.names))  # keeps the box's kind (logical)
+        return jnp.zeros((num_tasks, *p.shape), jnp.float32)
+    return jax.tree.map(zeros, params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
 
 
 def _num_tasks(task_grads: TaskGrads) -> int:
@@ -135,8 +149,10 @@ class NaiveCombiner(NamedTuple):
 
 
 @gin.configurable
-def naive_combiner(reduction: str = "sum") -> NaiveCombiner:
-    """The sum (the authors' naive multi-task learning) or the mean of the task gradients."""
+def naive_combiner(num_tasks: int = 0, total_steps: int = 0, reduction: str = "sum") -> NaiveCombiner:
+    """The sum (the authors' naive multi-task learning) or the mean of the task gradients (any task count and
+    run length)."""
+    del num_tasks, total_steps
     if reduction not in ("sum", "mean"):
         raise ValueError(f"naive_combiner.reduction: expected 'sum' or 'mean', got {reduction!r}")
     return NaiveCombiner(reduction)
@@ -158,8 +174,7 @@ class TaskSensitivityCombiner(NamedTuple):
     eps: float = 1e-12
 
     def init(self, params: Params) -> SensitivityState:
-        zeros = jax.tree.map(lambda p: jnp.zeros((self.num_tasks, *p.shape), jnp.float32), params)
-        return SensitivityState(jnp.zeros((), jnp.int32), zeros)
+        return SensitivityState(jnp.zeros((), jnp.int32), per_task_zeros(params, self.num_tasks))
 
     def update(self, task_grads: TaskGrads, state: SensitivityState, params: Params, task_losses: jax.Array
                ) -> tuple[Params, SensitivityState]:
@@ -186,9 +201,13 @@ class TaskSensitivityCombiner(NamedTuple):
 
 
 @gin.configurable
-def task_sensitivity_combiner(num_tasks: int = gin.REQUIRED, tau: float = 2.0, beta: float = 0.999,
-                              burn_in_steps: int = 0, eps: float = 1e-12) -> TaskSensitivityCombiner:
-    """TACO's adaptive learning (module docstring); defaults from Table B.2 (tau 2, beta 0.999)."""
+def task_sensitivity_combiner(num_tasks: int = gin.REQUIRED, total_steps: int = 0, tau: float = 2.0,
+                              beta: float = 0.999, burn_in_fraction: float = 0.1, burn_in_steps: int | None = None,
+                              eps: float = 1e-12) -> TaskSensitivityCombiner:
+    """TACO's adaptive learning (module docstring); defaults from Table B.2 (tau 2, beta 0.999) and B.3 (a
+    burn-in of the first 10 % of the run's steps, or `burn_in_steps` if given)."""
+    if burn_in_steps is None:
+        burn_in_steps = int(burn_in_fraction * total_steps)
     if tau == 0:
         raise ValueError("task_sensitivity_combiner.tau must be non-zero (negative discourages specialisation)")
     if not 0.0 <= beta <= 1.0:
@@ -243,8 +262,9 @@ class PcgradCombiner(NamedTuple):
 
 
 @gin.configurable
-def pcgrad_combiner(seed: int = 0) -> PcgradCombiner:
-    """PCGrad with projection orders drawn from `seed` (module docstring)."""
+def pcgrad_combiner(num_tasks: int = 0, total_steps: int = 0, seed: int = 0) -> PcgradCombiner:
+    """PCGrad with projection orders drawn from `seed` (module docstring; any task count and run length)."""
+    del num_tasks, total_steps
     return PcgradCombiner(seed)
 
 
@@ -275,9 +295,10 @@ class CgdCombiner(NamedTuple):
 
 
 @gin.configurable
-def cgd_combiner(num_tasks: int = gin.REQUIRED, beta: float = 0.25, tau: float = 100.0,
+def cgd_combiner(num_tasks: int = gin.REQUIRED, total_steps: int = 0, beta: float = 0.25, tau: float = 100.0,
                  normalize: bool = True) -> CgdCombiner:
     """CGD with the authors' KILT settings (beta 0.25, tau 100, normalised gradients)."""
+    del total_steps
     return CgdCombiner(num_tasks, beta, tau, normalize)
 
 
@@ -320,7 +341,8 @@ class GradNormCombiner(NamedTuple):
 
 
 @gin.configurable
-def gradnorm_combiner(num_tasks: int = gin.REQUIRED, alpha: float = 1.5,
+def gradnorm_combiner(num_tasks: int = gin.REQUIRED, total_steps: int = 0, alpha: float = 1.5,
                       learning_rate: float = 0.025) -> GradNormCombiner:
     """GradNorm with learned task weights (alpha 1.5 as the authors' KILT runs; SGD on the weight logits)."""
+    del total_steps
     return GradNormCombiner(num_tasks, alpha, learning_rate)
