@@ -13,7 +13,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-Examples = Callable[[str], Sequence[Sequence[Sequence[int]]]]  # split -> examples, each one id list per feature
+Examples = Callable[[str], Sequence[Sequence[Sequence[int] | int]]]  # split -> examples: per feature ids or an int
 SplitArrays = Callable[[str], Mapping[str, np.ndarray]]  # split -> {feature: [N, ...] array}
 SHUFFLE_BUFFER_SIZE = 65536  # more than any in-memory split here (Zeshel: 49k training mentions): a full shuffle
 
@@ -36,10 +36,13 @@ def token_features(ranks: Mapping[str, int]) -> dict[str, seqio.Feature]:
             for name, rank in ranks.items()}
 
 
-def register_token_task(task_name: str, examples: Examples, features: Sequence[str], splits: Sequence[str]) -> None:
-    """Registers `task_name` streaming `examples(split)` as {feature: ids}; a re-import keeps the registration."""
+def register_token_task(task_name: str, examples: Examples, features: Sequence[str], splits: Sequence[str],
+                        scalars: Sequence[str] = ()) -> None:
+    """Registers `task_name` streaming `examples(split)` as {feature: ids}, each example one value per feature:
+    an id list, or an int for the features named in `scalars`; a re-import keeps the registration."""
     if task_name in seqio.TaskRegistry.names():
         return
+    ranks = {name: 0 if name in scalars else 1 for name in features}
 
     def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
         del shuffle_files, seed  # one in-memory source; Task.get_dataset(shuffle=True) shuffles examples
@@ -49,12 +52,11 @@ def register_token_task(task_name: str, examples: Examples, features: Sequence[s
             for example in rows:
                 yield {name: np.asarray(ids, np.int32) for name, ids in zip(features, example)}
 
-        signature = {name: tf.TensorSpec([None], tf.int32) for name in features}
+        signature = {name: tf.TensorSpec([None] * rank, tf.int32) for name, rank in ranks.items()}
         return tf.data.Dataset.from_generator(generate, output_signature=signature)
 
     seqio.TaskRegistry.add(task_name, source=seqio.FunctionDataSource(dataset_fn, splits=tuple(splits)),
-                           output_features=token_features({name: 1 for name in features}),
-                           shuffle_buffer_size=SHUFFLE_BUFFER_SIZE)
+                           output_features=token_features(ranks), shuffle_buffer_size=SHUFFLE_BUFFER_SIZE)
 
 
 def register_array_task(task_name: str, arrays: SplitArrays, ranks: Mapping[str, int], splits: Sequence[str]) -> None:

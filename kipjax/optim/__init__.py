@@ -19,8 +19,13 @@ def learning_rate_schedule(
     total_steps: int = gin.REQUIRED,
     decay: str = "linear",
     end_value: float = 0.0,
+    warmup_fraction: float | None = None,
 ) -> optax.Schedule:
-    """Linear warmup to `peak_value`, then `decay` ('constant', 'linear' or 'cosine') to `end_value`."""
+    """Linear warmup to `peak_value`, then `decay` ('constant', 'linear' or 'cosine') to `end_value`. The warmup
+    is `warmup_steps` long, or `warmup_fraction` of `total_steps` when that is given (a stage of a multi-stage
+    run, whose length comes from its epochs, warms up for its own share, as TACO's episodes do)."""
+    if warmup_fraction is not None:
+        warmup_steps = int(warmup_fraction * int(total_steps))
     if decay not in ("constant", "linear", "cosine"):
         raise ValueError(f"learning_rate_schedule.decay: expected 'constant', 'linear' or 'cosine', got {decay!r}")
     decay_steps = max(int(total_steps) - int(warmup_steps), 1)

@@ -28,7 +28,7 @@ class KiltTask:
     prefix: str  # the task marker of the queries
     task_type: str  # the marker of the task-type ablation
     query_length: int  # L of Table B.1: query tokens, the prefix excluded
-    train_size: int  # training examples the chapter trained on (Table B.1; T-REx and zsRE downsampled)
+    train_size: int = 0  # training examples the chapter trained on (Table B.1; T-REx and zsRE downsampled)
 
 
 KILT_TASKS: dict[str, KiltTask] = {task.name: task for task in (
@@ -40,6 +40,15 @@ KILT_TASKS: dict[str, KiltTask] = {task.name: task for task in (
     KiltTask("fever", "FEVER", "FC", 64, 71_000),
     KiltTask("zsre", "ZSRE", "SF", 32, 100_000),
     KiltTask("aida", "AIDA", "EL", 128, 18_000),
+)}
+
+# The bundled demo's four tasks (kipjax/data/demo_kilt.py), one per KILT task type it has; query budgets fit
+# its longest queries (12, 16, 11 and 46 tokens with the EOS).
+DEMO_TASKS: dict[str, KiltTask] = {task.name: task for task in (
+    KiltTask("qa", "QA", "QA", 16),
+    KiltTask("fc", "FC", "FC", 20),
+    KiltTask("sf", "SF", "SF", 16),
+    KiltTask("el", "EL", "EL", 48),
 )}
 
 
