@@ -88,7 +88,12 @@ def add_checkpoint_argument(parser: argparse.ArgumentParser) -> None:
 
 def require_checkpoint(path: str) -> None:
     """Exits with a clear message, before any model is built, when `path` holds no checkpoint."""
+    import os
+
     from kipjax import checkpoints
+    from kipjax.stages import STAGES_FILE
+    if os.path.isfile(os.path.join(path, STAGES_FILE)):  # a staged run: its stages' checkpoints are checked later
+        return
     try:
         checkpoints.find_checkpoint_dir(path)
     except FileNotFoundError as e:

@@ -16,31 +16,47 @@ from kipjax import checkpoints
 from kipjax.data.candidates import candidates_path
 from kipjax.methods.base import Method, Metrics
 from kipjax.run_log import atomic_write_text
+from kipjax.stages import run_stages, staged_checkpoint
 from kipjax.trainer import Trainer
 
 
 @gin.configurable
 def train(method: Method = gin.REQUIRED, model_dir: str = gin.REQUIRED) -> Metrics:
-    """Builds the trainer for `method`, records the config next to the checkpoints, trains, returns metrics."""
+    """Builds the trainer for `method`, records the config next to the checkpoints, trains, returns metrics.
+    A method with `stages()` trains them one after the other (`kipjax.stages.run_stages`), each stage in its
+    own subdirectory of `model_dir`."""
     primary = jax.process_index() == 0  # one writer per shared MODEL_DIR on multi-host runs
     checkpoints.check_model_dir(model_dir)  # before config.gin is written; the trainer checks the space too
     if primary:
         atomic_write_text(os.path.join(model_dir, "config.gin"), gin.config_str())
-    trainer = Trainer(method, model_dir=model_dir)
-    _, metrics = trainer.fit()
+    stages = method.stages()
+    if stages is None:
+        trainer = Trainer(method, model_dir=model_dir)
+        _, metrics = trainer.fit()
+        initial_eval = trainer.initial_eval
+    else:
+        _, metrics, initial_eval = run_stages(method, model_dir, stages)
     if primary:
         atomic_write_text(os.path.join(model_dir, "operative_config.gin"), gin.operative_config_str())
-    if trainer.initial_eval:
+    if initial_eval:
         print("eval before -> after training: " + ", ".join(
-            f"{k[len('eval/'):]} {v:.4f} -> {metrics[k]:.4f}" for k, v in sorted(trainer.initial_eval.items())
+            f"{k[len('eval/'):]} {v:.4f} -> {metrics[k]:.4f}" for k, v in sorted(initial_eval.items())
             if k in metrics), flush=True)
     return metrics
 
 
 def restore_params(checkpoint: str, method: Method) -> tuple[Any, int, str]:
-    """(params, step, model_dir) of the newest checkpoint under `checkpoint`, placed on the configured mesh."""
+    """(params, step, model_dir) of the newest checkpoint under `checkpoint`, placed on the configured mesh. For
+    a staged method, a staged MODEL_DIR means its newest stage with a checkpoint (model_dir: that stage's)."""
+    stage = None
+    stages = method.stages()
+    if stages:
+        checkpoint, stage = staged_checkpoint(checkpoint, stages)
     directory, step = checkpoints.find_checkpoint_dir(checkpoint)
-    trainer = Trainer(method, model_dir=os.path.dirname(directory), train_steps=max(step, 1))
+    # The stage's combiner, if any, is part of its checkpoints' train state.
+    combiner = {} if stage is None else {"gradient_combiner": stage.gradient_combiner}
+    trainer = Trainer(method, model_dir=os.path.dirname(directory), train_steps=max(step, 1), train_epochs=None,
+                      **combiner)
     return trainer.restore_state(directory, step).params, step, os.path.dirname(directory)
 
 

@@ -62,13 +62,20 @@ class Trainer:
     row (checked at log and checkpoint steps; 0: never) stop the run before it saves another checkpoint.
     `gradient_combiner` (a factory from `kipjax.optim.task_combiners`, e.g. `@task_sensitivity_combiner`) makes
     a multi-task method's step take one gradient per task (`Method.task_loss`) and combine them.
+
+    The run's length is `train_steps`, or `train_epochs` whole epochs of the feed (`train_epochs *
+    feed.steps_per_epoch`; a sampled Mixture has no epochs); give exactly one. `initial_params` (a params pytree
+    like `method.init`'s, unboxed, host or device arrays; the caller's arrays are copied, never donated) is
+    where a run from scratch starts instead of `method.init`'s values; the optimizer and combiner states are
+    still initialised fresh (from those params), and the rng is a scratch run's. A `model_dir` holding a
+    checkpoint resumes from it and ignores `initial_params`. (`kipjax.stages` chains runs this way.)
     """
 
     def __init__(
         self,
         method: Method,
         model_dir: str = gin.REQUIRED,
-        train_steps: int = gin.REQUIRED,
+        train_steps: int | None = None,
         batch_size: int = 8,
         grad_accum_steps: int = 1,
         eval_every: int = 0,
@@ -79,13 +86,14 @@ class Trainer:
         mesh: jax.sharding.Mesh | None = None,
         mixture_or_task_name: str | None = None,
         gradient_combiner: Callable[..., TaskGradientCombiner] | None = None,
+        train_epochs: int | None = None,
+        initial_params: Any = None,
     ):
         if batch_size % grad_accum_steps:
             raise ValueError(f"Trainer.batch_size {batch_size} is not divisible by grad_accum_steps "
                              f"{grad_accum_steps}")
         self.method = method
         self.model_dir = model_dir
-        self.train_steps = train_steps
         self.batch_size = batch_size
         self.grad_accum_steps = grad_accum_steps
         self.eval_every = eval_every
@@ -99,6 +107,12 @@ class Trainer:
         if (batch_size // grad_accum_steps) % dp:
             raise ValueError(f"Trainer.batch_size / grad_accum_steps = {batch_size // grad_accum_steps} must be "
                              f"divisible by the {dp} data-parallel devices of mesh {dict(self.mesh.shape)}")
+        if mixture_or_task_name is None:
+            mixture_or_task_name = register_arrays_task(method.train_examples(), prefix=type(method).__name__)
+        self.feed = SeqioFeed(mixture_or_task_name, batch_size, seed=seed)
+        self.train_epochs = train_epochs
+        self.train_steps = self._run_length(train_steps, train_epochs)
+        self.initial_params = initial_params
         self.combiner = None
         if gradient_combiner is not None:
             if method.num_tasks < 1:
@@ -107,25 +121,44 @@ class Trainer:
             if grad_accum_steps != 1:
                 raise ValueError("Trainer.gradient_combiner combines whole-batch task gradients; "
                                  f"grad_accum_steps must be 1, got {grad_accum_steps}")
-            self.combiner = gradient_combiner(num_tasks=method.num_tasks, total_steps=train_steps)
-        self.schedule = optim.learning_rate_schedule(total_steps=train_steps)
+            self.combiner = gradient_combiner(num_tasks=method.num_tasks, total_steps=self.train_steps)
+        self.schedule = optim.learning_rate_schedule(total_steps=self.train_steps)
         self.optimizer = optim.make_optimizer(self.schedule)
         if type(method).trainable_mask is not Method.trainable_mask:  # the method freezes some parameters
             self.optimizer = optim.freeze_untrainable(self.optimizer, method.trainable_mask)
-        if mixture_or_task_name is None:
-            mixture_or_task_name = register_arrays_task(method.train_examples(), prefix=type(method).__name__)
-        self.feed = SeqioFeed(mixture_or_task_name, batch_size, seed=seed)
         self.batch_sharding = partitioning.batch_sharding(self.mesh)
         self.replicated = partitioning.replicated(self.mesh)
         self.hooked_epoch = -1  # the last epoch whose on_epoch_start has run
         self.initial_eval: dict = {}  # eval metrics before the first step (when this run started at step 0)
 
+    def _run_length(self, train_steps: int | None, train_epochs: int | None) -> int:
+        if (train_steps is None) == (train_epochs is None):
+            raise ValueError(
+                "Trainer needs exactly one of train_steps and train_epochs, got "
+                f"train_steps={train_steps} and train_epochs={train_epochs}" +
+                ("" if train_steps is None else " (to count epochs when a config binds Trainer.train_steps, also "
+                 "bind Trainer.train_steps = None)"))
+        if train_steps is not None:
+            return train_steps
+        if self.feed.steps_per_epoch is None:
+            raise ValueError(f"Trainer.train_epochs={train_epochs}: {self.feed.name!r} is fed as a sampled Mixture, "
+                             "an endless stream without epochs; give Trainer.train_steps instead (or a "
+                             "SeqioFeed.batch_composition, whose epochs are defined)")
+        if train_epochs < 1:
+            raise ValueError(f"Trainer.train_epochs must be at least 1, got {train_epochs}")
+        return train_epochs * self.feed.steps_per_epoch
+
     # ----------------------------------------------------------------------------------------------- setup
 
-    def _init_fn(self, rng: jax.Array, batch: Mapping[str, Any]) -> TrainState:
-        """Boxed (logically annotated) initial state; the optimizer state inherits the params' annotations."""
+    def _init_fn(self, rng: jax.Array, batch: Mapping[str, Any], initial_params: Any = None) -> TrainState:
+        """Boxed (logically annotated) initial state; the optimizer state inherits the params' annotations.
+        With `initial_params` (unboxed) the params take those values inside `method.init`'s boxes (XLA drops the
+        unused random init) and the optimizer and combiner states are initialised from them."""
         init_rng, state_rng = jax.random.split(rng)
         params = self.method.init(init_rng, {**batch, "tables": self.method.tables()})
+        if initial_params is not None:
+            params = jax.tree.map(lambda box, value: box.replace_boxed(value) if _is_box(box) else value,
+                                  params, initial_params, is_leaf=_is_box)
         zero = jnp.zeros((), jnp.int32)
         return TrainState(step=zero, params=params, opt_state=self.optimizer.init(params), rng=state_rng,
                           skipped_steps=zero, skip_streak=zero,
@@ -136,20 +169,57 @@ class Trainer:
         specs = nn.get_partition_spec(abstract)
         return partitioning.logical_to_sharding(specs, self.mesh, self.rules, shapes=nn.unbox(abstract))
 
-    def initial_state(self, batch: Mapping[str, Any]) -> TrainState:
+    def _abstract_state(self, batch: Mapping[str, Any]) -> TrainState:
+        return jax.eval_shape(lambda r, b: nn.unbox(self._init_fn(r, b)), jax.random.PRNGKey(self.seed), batch)
+
+    def initial_state(self, batch: Mapping[str, Any], params: Any = None) -> TrainState:
+        """The state of a run from scratch, placed on the mesh: `method.init`'s params, or `params` (unboxed, host
+        or device arrays, copied; see `initial_params`) with fresh optimizer and combiner states."""
         shardings = self._state_shardings(batch)
-        init = jax.jit(lambda r, b: nn.unbox(self._init_fn(r, b)), out_shardings=shardings)
+        if params is None:
+            init = jax.jit(lambda r, b: nn.unbox(self._init_fn(r, b)), out_shardings=shardings)
+            with partitioning.activate(self.mesh, self.rules):
+                return init(jax.random.PRNGKey(self.seed), batch)
+        placed = self._place_params(params, self._abstract_state(batch).params, shardings.params)
+        # `placed` is this trainer's own copy: donating it lets the state's params alias it instead of copying.
+        init = jax.jit(lambda r, b, p: nn.unbox(self._init_fn(r, b, p)), out_shardings=shardings,
+                       donate_argnums=(2,))
+        with partitioning.activate(self.mesh, self.rules):
+            return init(jax.random.PRNGKey(self.seed), batch, placed)
+
+    def init_params(self) -> Any:
+        """The params a run from scratch (without `initial_params`) starts from, placed on the mesh, without the
+        optimizer state; reads (peeks) the first batch for the shapes."""
+        batch = self.device_batch(self.peek_batch())
+        init = jax.jit(lambda r, b: nn.unbox(self._init_fn(r, b)).params,
+                       out_shardings=self._state_shardings(batch).params)
         with partitioning.activate(self.mesh, self.rules):
             return init(jax.random.PRNGKey(self.seed), batch)
 
-    def restore_state(self, directory: str, step: int) -> TrainState:
-        """Loads the train state of checkpoint `step` from `directory` onto this trainer's mesh."""
+    @staticmethod
+    def _place_params(params: Any, abstract: Any, shardings: Any) -> Any:
+        """A copy of `params` on `shardings`, after checking it matches the model's params (`abstract`)."""
+        params = nn.unbox(params)
+        if jax.tree.structure(params) != jax.tree.structure(abstract):
+            raise ValueError("Trainer.initial_params do not have the structure of the method's params: got "
+                             f"{jax.tree.structure(params)}, expected {jax.tree.structure(abstract)}")
+        for (path, want), value in zip(jax.tree_util.tree_flatten_with_path(abstract)[0], jax.tree.leaves(params)):
+            if tuple(np.shape(value)) != tuple(want.shape) or np.dtype(value.dtype) != np.dtype(want.dtype):
+                raise ValueError(f"Trainer.initial_params{jax.tree_util.keystr(path)} is "
+                                 f"{np.dtype(value.dtype).name}{list(np.shape(value))}, but the method's parameter "
+                                 f"is {np.dtype(want.dtype).name}{list(want.shape)}")
+        return jax.tree.map(lambda x, s: jax.device_put(x, s, may_alias=False), params, shardings)
+
+    def restore_state(self, directory: str, step: int, load_method_state: bool = False) -> TrainState:
+        """Loads the train state of checkpoint `step` from `directory` onto this trainer's mesh; with
+        `load_method_state`, also hands the checkpoint's method state to `method.load_state_dict`."""
         batch0 = self.device_batch(self.peek_batch())
-        abstract = jax.eval_shape(lambda r, b: nn.unbox(self._init_fn(r, b)), jax.random.PRNGKey(self.seed), batch0)
-        target = checkpoints.abstract_with_shardings(abstract, self._state_shardings(batch0))
+        target = checkpoints.abstract_with_shardings(self._abstract_state(batch0), self._state_shardings(batch0))
         ckpt = checkpoints.Checkpointer(directory)
-        state, _, _ = ckpt.restore(step, target, self._abstract_method_state())
+        state, _, method_state = ckpt.restore(step, target, self._abstract_method_state())
         ckpt.close()
+        if load_method_state:
+            self.method.load_state_dict(method_state)
         return state
 
     def peek_batch(self) -> dict[str, np.ndarray]:
@@ -264,14 +334,16 @@ class Trainer:
     def fit(self) -> tuple[TrainState, dict]:
         """Runs (or resumes) training to `train_steps`; returns the final state and last logged metrics."""
         batch0 = self.device_batch(self.peek_batch())
-        state = self.initial_state(batch0)
-        checkpoints.check_model_dir(self.model_dir, checkpoints.tree_bytes(state))
-        shardings = jax.tree.map(lambda x: x.sharding, state)
+        abstract = self._abstract_state(batch0)
+        checkpoints.check_model_dir(self.model_dir, checkpoints.tree_bytes(abstract))
+        shardings = self._state_shardings(batch0)
         ckpt = checkpoints.Checkpointer(os.path.join(self.model_dir, "checkpoints"))
         resume_step = ckpt.latest_step()
-        if resume_step is not None:
+        if resume_step is None:  # from scratch: method.init's params, or initial_params
+            state = self.initial_state(batch0, self.initial_params)
+        else:  # the checkpoint wins over initial_params
             state, data_state, method_state = ckpt.restore(
-                resume_step, checkpoints.abstract_with_shardings(state, shardings),
+                resume_step, checkpoints.abstract_with_shardings(abstract, shardings),
                 self._abstract_method_state())
             self.feed.restore(FeedState.from_json(data_state))
             self.hooked_epoch = int(data_state["hooked_epoch"])
@@ -331,6 +403,10 @@ class Trainer:
                 f"{step - streak + 1}; Trainer.max_consecutive_skips={self.max_consecutive_skips}), so training "
                 f"stops. Those updates were skipped: the newest checkpoint "
                 f"({'none' if latest is None else f'step {latest}'}) holds the last good state.")
+
+
+def _is_box(x: Any) -> bool:
+    return isinstance(x, nn.meta.AxisMetadata)
 
 
 def _format_metrics(metrics: Mapping[str, float]) -> str:

@@ -5,6 +5,9 @@ comes through SeqIO: a Task or Mixture named in gin (`Trainer.mixture_or_task_na
 `batch_from_features` turns into the method's loss inputs, or, when none is named, the method's own
 `train_examples()` arrays, which the trainer registers as a SeqIO Task. Model-dependent per-epoch work
 (mining hard negatives, refreshing an index) happens in `on_epoch_start`.
+A method that trains in stages (TACO's warmup, then ANCE episodes) lists them in `stages()`
+(`kipjax.stages.Stage`); each stage is a run of its own that starts from the previous stage's final params
+with a fresh optimizer and schedule, after `on_stage_start` (e.g. mining the stage's negatives).
 Arrays the jitted step must read but that are not per-batch (an entity token table, mined negatives) are
 returned by `tables()`; the trainer places them on the mesh and hands them to `loss` as `batch["tables"]`,
 so a batch carries only ids and the step gathers on device.
@@ -14,10 +17,13 @@ and combines them, and without one it minimises `loss` as usual.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import jax
 import numpy as np
+
+if TYPE_CHECKING:  # kipjax.stages imports the trainer, which imports this module
+    from kipjax.stages import Stage
 
 Params = Any
 Metrics = dict[str, Any]
@@ -68,6 +74,18 @@ class Method:
 
     def on_epoch_start(self, params: Params, epoch: int, rng: jax.Array) -> None:
         """Model-dependent work before each epoch, e.g. re-mining hard negatives with `params`."""
+
+    def stages(self) -> list[Stage] | None:
+        """The stages of a staged run (`kipjax.stages.run_stages`), in order; None: one classic run."""
+        return None
+
+    def on_stage_start(self, params: Params, stage: int, rng: jax.Array) -> None:
+        """Model-dependent work before stage `stage` (its index in `stages()`), e.g. mining the hard negatives of
+        the whole stage with `params`: the previous stage's final params, and for stage 0 the freshly
+        initialised ones (a method may also ignore them, e.g. for BM25 negatives). It runs before the stage's
+        Trainer is built (so it may change `train_examples()` and `tables()`), once per stage: a stage that
+        already has a checkpoint resumes with the method state (`state_dict`) saved there instead. The epoch
+        hook still runs at each of the stage's epochs, epoch 0 included, after this one."""
 
     def state_dict(self) -> dict[str, Any]:
         """Per-run method state that a checkpoint must carry for an exact resume (e.g. mined negatives)."""
