@@ -191,6 +191,7 @@ def test_each_stage_has_its_own_schedule_length_and_trail(full_run):
 
 
 @pytest.mark.parametrize("where", ["inside_stage_2", "between_stages"])
+@pytest.mark.slow
 def test_a_killed_staged_run_resumes_bit_for_bit(where, full_run, tmp_path, kill_switch):
     model_dir = tmp_path / "killed"
     if where == "inside_stage_2":
@@ -281,6 +282,7 @@ def fit(model_dir, method, steps=6, **kwargs):
     return jax.device_get(trainer.fit()[0])
 
 
+@pytest.mark.slow
 def test_initial_params_are_where_a_fresh_run_starts_and_a_checkpoint_wins(tmp_path, kill_switch):
     gin.clear_config()
     gin.bind_parameter("Checkpointer.every_steps", 3)

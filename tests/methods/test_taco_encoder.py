@@ -91,6 +91,7 @@ def test_loaded_params_have_the_structure_of_init(checkpoint):
     np.testing.assert_array_equal(embed(model, nn.unbox(filled)), embed(model, params))
 
 
+@pytest.mark.slow
 def test_an_embedding_does_not_depend_on_the_rest_of_the_batch(checkpoint):
     _, path = checkpoint
     model, params = load_st5_encdec(path)
@@ -120,6 +121,7 @@ def nce_loss(model, params, rng, deterministic=False):
     return -jnp.mean(jax.nn.log_softmax(scores)[jnp.arange(3), jnp.arange(3)])
 
 
+@pytest.mark.slow
 def test_gradients_reach_encoder_and_decoder_in_an_nce_step(tmp_path):
     save_style("v1.0", tmp_path)
     model, params = load_st5_encdec(tmp_path, dropout_rate=0.1)
@@ -151,6 +153,7 @@ def test_dropout_is_driven_by_the_rng_and_off_when_deterministic(tmp_path):
     assert not np.allclose(a, clean) and not np.allclose(a, c)
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_embeddings_and_gradients(tmp_path):
     save_style("v1.0", tmp_path)
     plain_model, params = load_st5_encdec(tmp_path, dropout_rate=0.1)
