@@ -81,6 +81,7 @@ def test_processor_allows_exactly_what_the_constraint_allows(actions):
             drive(c, sources, 28, next_tokens)
 
 
+@pytest.mark.slow
 def test_benchmark_runs_both_frameworks_to_the_same_outputs(tmp_path):
     result = bench.main(["--d_model=32", "--layers=1", "--heads=2", "--d_ff=64", "--vocab_size=512",
                          "--batch_size=2", "--beams=3", "--source_len=10", "--repeats=1", "--warmup=0",

@@ -141,6 +141,7 @@ def assert_trees_equal(a, b):
         np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_each_stage_starts_from_the_previous_ones_end_with_a_fresh_optimizer(full_run):
     starts, finals, method = full_run["starts"], full_run["finals"], full_run["method"]
     assert [stage for stage, _ in method.stage_calls] == [0, 1, 2], "one hook call per stage, in order"
@@ -162,6 +163,7 @@ def test_each_stage_starts_from_the_previous_ones_end_with_a_fresh_optimizer(ful
     assert int(finals[2].combiner_state.count) == 3, "the last stage trains with its gradient combiner"
 
 
+@pytest.mark.slow
 def test_each_stage_has_its_own_schedule_length_and_trail(full_run):
     model_dir = full_run["model_dir"]
     assert SeqioFeed(two_task_mixture(), 8).steps_per_epoch == STEPS_PER_EPOCH
@@ -222,6 +224,7 @@ def test_a_killed_staged_run_resumes_bit_for_bit(where, full_run, tmp_path, kill
             drop(records(full_run["model_dir"] / stage.name / "metrics.jsonl")), stage.name
 
 
+@pytest.mark.slow
 def test_a_finished_staged_run_is_skipped_and_its_checkpoints_found(full_run, tmp_path, monkeypatch):
     model_dir = tmp_path / "done"
     shutil.copytree(full_run["model_dir"], model_dir)

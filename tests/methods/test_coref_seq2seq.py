@@ -63,6 +63,7 @@ def test_training_arrays_pair_decoder_inputs_with_targets(corpus):
         assert np.array_equal(inputs[1:][copied], source)
 
 
+@pytest.mark.slow
 def test_loss_ignores_padded_target_positions(corpus):
     m = method(corpus)
     params = params_of(m)
@@ -111,7 +112,8 @@ def bracket_spans(out, sym):
 
 
 @pytest.mark.parametrize("representation,identity,actions", [
-    ("full", "after", "copy"), ("full", "free", "copy"), ("full", "after", "token"), ("partial", "after", "token")])
+    ("full", "after", "copy"), ("full", "free", "copy"), ("full", "after", "token"),
+    pytest.param("partial", "after", "token", marks=pytest.mark.slow)])
 def test_constrained_decoding_of_an_untrained_model_gives_valid_annotations(corpus, representation, identity,
                                                                           actions):
     m = method(corpus, representation=representation, identity=identity, actions=actions, max_decode_length=96)

@@ -104,6 +104,7 @@ def test_write_candidates_names_documents(method_and_params, tmp_path):
     assert all(len(r["candidates"]) == 5 and isinstance(r["candidates"][0], str) for r in lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["poly", "som"])
 def test_other_score_functions_train(kind, tmp_path):
     method = make_method(score_kind=kind, num_vectors=4, negatives="hard")
@@ -112,6 +113,7 @@ def test_other_score_functions_train(kind, tmp_path):
     assert np.isfinite(metrics["loss"])
 
 
+@pytest.mark.slow
 def test_sharded_bi_encoder_step_matches_single_device(tmp_path):
     def run(mesh, name):
         method = make_method(negatives="random")

@@ -121,7 +121,7 @@ def test_evaluation_normalizes_by_retriever_recall(tmp_path, monkeypatch):
     assert metrics["candidate_recall@8"] == pytest.approx(found.mean())
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
+@pytest.mark.parametrize("scan_layers", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_reranker_starts_from_a_hugging_face_checkpoint(scan_layers, tmp_path):
     write_world_candidates(tmp_path, "train", 8, gold_rank=0)
     write_world_candidates(tmp_path, "val", 8, gold_rank=0)

@@ -140,6 +140,7 @@ def reference_greedy(method, params, prompt, row, steps):
     return out
 
 
+@pytest.mark.slow
 def test_cached_batched_decoding_equals_full_pass_greedy_decoding(method, params):
     docs = method.eval_documents
     rows = [rc_features.PromptRow(0, tuple(rc_features.all_pairs(docs[0])[:4])),

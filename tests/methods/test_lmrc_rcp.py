@@ -135,6 +135,7 @@ def test_candidate_metrics_by_hand():
                                                        "fraction_kept": 0.5}
 
 
+@pytest.mark.slow
 def test_method_trains_a_step_and_proposes_pairs_above_the_threshold(tmp_path):
     config = BertConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=130, add_pooler=False)
