@@ -163,8 +163,8 @@ def test_taco_demo_end_to_end(tmp_path):
     and `evaluate` on the staged MODEL_DIR scores its last stage the same."""
     model_dir = tmp_path / "taco"
     config = "--gin_file=gin_configs/taco/demo.gin"
-    out = _run("kipjax.train", config, f"--gin.MODEL_DIR='{model_dir}'", "--gin.TacoRetrieval.warmup_epochs=1",
-               "--gin.TacoRetrieval.episodes=2").stdout
+    short = ("--gin.TacoRetrieval.warmup_epochs=1", "--gin.TacoRetrieval.episodes=2")
+    out = _run("kipjax.train", config, f"--gin.MODEL_DIR='{model_dir}'", *short).stdout
     assert "stage 3/3 episode_2 done" in out and "eval before -> after training: rprec_avg" in out
     stages = json.loads((model_dir / "stages.json").read_text())["stages"]
     assert [s["status"] for s in stages] == ["done"] * 3 and stages[2]["gradient_combiner"]
@@ -173,6 +173,6 @@ def test_taco_demo_end_to_end(tmp_path):
     last = [json.loads(line) for line in open(model_dir / "episode_2" / "metrics.jsonl")][-1]
     assert last["eval/rprec_avg"] > before + 0.3, (before, last["eval/rprec_avg"])
     assert "task_3/loss" in last  # the adaptive episode's per-task losses
-    out = _run("kipjax.evaluate", config, f"--checkpoint={model_dir}").stdout
+    out = _run("kipjax.evaluate", config, *short, f"--checkpoint={model_dir}").stdout  # the same stages
     evaluated = json.loads(out[out.index("{"):])
     assert evaluated["rprec_avg"] == pytest.approx(last["eval/rprec_avg"], abs=1e-6)
