@@ -39,6 +39,7 @@ import optax
 from kipjax.data.padding import fixed_size_batches, pad_rows
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import COMPUTE_DTYPES
+from kipjax.methods.model_source import check_model_source
 from kipjax.methods.taco import inputs
 from kipjax.methods.taco.data import TacoData, TacoDataSettings, batch_composition, load_taco_data
 from kipjax.methods.taco.encoder import ST5EncDec, load_st5_encdec, scaled_t5_init
@@ -129,9 +130,7 @@ class TacoRetrieval(Method):
         compute_dtype: str = "float32",
         remat: bool = False,
     ):
-        if (pretrained is None) == (model_config is None):
-            raise ValueError("TacoRetrieval: set exactly one of `pretrained` (a Hugging Face T5 directory) and "
-                             "`model_config` (a T5Config to train from scratch)")
+        check_model_source("TacoRetrieval", "T5", pretrained, model_config, data.tokenizer_dir)
         if not 0 <= adaptive_episodes <= episodes:
             raise ValueError(f"TacoRetrieval.adaptive_episodes must be within [0, episodes={episodes}], got "
                              f"{adaptive_episodes}")
