@@ -3,6 +3,7 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import linen as nn
 
@@ -121,7 +122,7 @@ def test_mined_pools_are_the_models_top_non_gold_passages(method, params):
     pools = method.mine_pools(params)
     passages = np.asarray(method.encode_passages(params))
     task = method.data.tasks[2]
-    queries = np.asarray(method.encode_queries(params, task.train_query_ids[:20], "q"))
+    queries = np.asarray(method.encode_queries(params, 2, task.train_query_ids[:20], "q"))
     for i in range(20):
         scores = passages @ queries[i]
         scores[task.gold_rows[i]] = -np.inf
@@ -151,3 +152,35 @@ def test_configuration_errors(method):
     with pytest.raises(ValueError, match="vocab_size 64 is smaller"):
         TacoRetrieval(data=taco_data.demo_kilt_data(), batch_size=16,
                       model_config=T5Config(**{**TINY.__dict__, "vocab_size": 64}))
+    with pytest.raises(ValueError, match="query_encoder must be one of"):
+        TacoRetrieval(data=taco_data.demo_kilt_data(), batch_size=16, model_config=TINY, query_encoder="tied")
+
+
+def test_per_task_query_encoders_are_copies_each_trained_only_by_its_task(method):
+    """Table 4.3's task query encoder: one query encoder per task plus a shared passage encoder, all starting
+    from the same weights; a task's loss reaches only its own query encoder and the passage encoder."""
+    per_task = TacoRetrieval(data=taco_data.demo_kilt_data(), batch_size=16, model_config=TINY,
+                             query_encoder="per_task")
+    params = nn.unbox(per_task.init(jax.random.PRNGKey(0), {"query_input_ids": jnp.ones((1, 8), jnp.int32)}))
+    names = [t.task.name for t in per_task.data.tasks]
+    assert sorted(params) == sorted(["passages"] + [f"queries_{n}" for n in names])
+    for key in params:  # each a copy of the single shared model's initial weights
+        jax.tree.map(np.testing.assert_array_equal, params[key], nn.unbox(method.init(
+            jax.random.PRNGKey(0), {"query_input_ids": jnp.ones((1, 8), jnp.int32)})))
+    rng = np.random.default_rng(0)
+    total = sum(per_task.batch_sizes)
+    queries = np.where(np.arange(52) < 6, rng.integers(3, 1600, (total, 52)), 0)
+    passages = per_task.data.passage_ids[rng.integers(0, 1051, (total, 3))]
+    batch = {"query_input_ids": jnp.asarray(queries), "passage_input_ids": jnp.asarray(passages),
+             "passage_mask": jnp.asarray((passages != 0).astype(np.int32))}
+    grads = jax.grad(lambda p: per_task.task_loss(p, batch, 1, jax.random.PRNGKey(1))[0])(params)
+    norms = {key: float(optax.global_norm(g)) for key, g in grads.items()}
+    assert norms["passages"] > 0 and norms[f"queries_{names[1]}"] > 0
+    assert all(norms[f"queries_{n}"] == 0 for i, n in enumerate(names) if i != 1)
+    # encoding a task's queries uses that task's encoder: perturbing another task's leaves changes nothing
+    ids = per_task.data.tasks[1].train_query_ids[:4]
+    before = np.asarray(per_task.encode_queries(params, 1, ids, "q"))
+    shifted = {**params, f"queries_{names[0]}": jax.tree.map(lambda x: x + 1.0, params[f"queries_{names[0]}"])}
+    np.testing.assert_array_equal(np.asarray(per_task.encode_queries(shifted, 1, ids, "q")), before)
+    shifted = {**params, f"queries_{names[1]}": jax.tree.map(lambda x: x + 1.0, params[f"queries_{names[1]}"])}
+    assert not np.allclose(np.asarray(per_task.encode_queries(shifted, 1, ids, "q")), before)

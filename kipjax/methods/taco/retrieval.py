@@ -19,6 +19,10 @@ maps them to pages in rank order and scores the pages with KILT's official retri
 (`kipjax.metrics.kilt`): `rprec_avg` (the chapter's average page-level R-precision), `rprec_{task}` and
 `success_rate@5_{task}`; with `guess_dir` it writes each task's KILT guess file.
 
+`query_encoder='per_task'` is Table 4.3's "task query encoder" variant, as the authors' `split_query_encoder`
+builds it: one query encoder per task, each a copy of the initial model, and a separate passage encoder shared
+by all tasks; params are then `{"passages": ..., "queries_<task>": ...}`.
+
 Query tokens are never the pad id 0 (every query ends with EOS), so masks are `ids != 0`.
 """
 from __future__ import annotations
@@ -52,6 +56,8 @@ from kipjax.run_log import atomic_write_text, track
 from kipjax.stages import Stage
 
 NO_PASSAGE = -1
+QUERY_ENCODERS = ("shared", "per_task")
+PASSAGE_ENCODER = "passages"
 
 
 def task_rows(sizes: Sequence[int], task: int, hosts: int) -> np.ndarray:
@@ -81,6 +87,10 @@ def pick_negatives(pool: np.ndarray, count: int, num_passages: int, gold: Sequen
     return out
 
 
+def _query_key(task_name: str) -> str:
+    return f"queries_{task_name}"
+
+
 def _gold_matrix(gold: Sequence[np.ndarray]) -> np.ndarray:
     width = max(1, max(len(g) for g in gold))
     return pad_rows([g.tolist() for g in gold], width, pad=NO_PASSAGE)
@@ -103,6 +113,7 @@ class TacoRetrieval(Method):
       eval_passages: passages retrieved per dev query; eval_ks: KILT's k values; eval_max_queries: the first
         N dev queries of each task only; guess_dir: write KILT guess files there.
       chunk_size: passages scored per step of the exact top-k scan.
+      query_encoder: 'shared' (one encoder for queries and passages) or 'per_task' (module docstring).
     """
 
     def __init__(
@@ -129,7 +140,10 @@ class TacoRetrieval(Method):
         chunk_size: int = 16384,
         compute_dtype: str = "float32",
         remat: bool = False,
+        query_encoder: str = "shared",
     ):
+        if query_encoder not in QUERY_ENCODERS:
+            raise ValueError(f"TacoRetrieval.query_encoder must be one of {QUERY_ENCODERS}, got {query_encoder!r}")
         check_model_source("TacoRetrieval", "T5", pretrained, model_config, data.tokenizer_dir)
         if not 0 <= adaptive_episodes <= episodes:
             raise ValueError(f"TacoRetrieval.adaptive_episodes must be within [0, episodes={episodes}], got "
@@ -156,6 +170,7 @@ class TacoRetrieval(Method):
         self.gold = [_gold_matrix(t.gold_rows) for t in self.data.tasks]
         self.pools = [np.full((len(t.train), negative_pool), NO_PASSAGE, np.int32) for t in self.data.tasks]
         self.picked = [np.zeros((len(t.train), hard_negatives), np.int32) for t in self.data.tasks]
+        self.query_encoder = query_encoder
         self._jit_encode = jax.jit(self._encode)
         self._jit_topk = jax.jit(self._topk, static_argnums=(3,))
 
@@ -228,8 +243,8 @@ class TacoRetrieval(Method):
         """Per task [N, pool]: the current model's top non-gold passages of every training query."""
         passages = self.encode_passages(params)
         pools = []
-        for task, gold in zip(self.data.tasks, self.gold):
-            queries = self.encode_queries(params, task.train_query_ids, f"encode {task.task.name} queries")
+        for k, (task, gold) in enumerate(zip(self.data.tasks, self.gold)):
+            queries = self.encode_queries(params, k, task.train_query_ids, f"encode {task.task.name} queries")
             _, top = self.search(queries, passages, self.negative_pool, gold)
             pools.append(top.astype(np.int32))
         return pools
@@ -253,7 +268,16 @@ class TacoRetrieval(Method):
         params = self.model.init(rng, ids, (ids != 0).astype(jnp.int32))["params"]
         if self.pretrained_params is not None:
             params = fill_boxed(params, self.pretrained_params)
-        return scaled_t5_init(params) if self.scaled_init else params
+        params = scaled_t5_init(params) if self.scaled_init else params
+        if self.query_encoder == "shared":
+            return params
+        return {PASSAGE_ENCODER: params, **{_query_key(t.task.name): params for t in self.data.tasks}}
+
+    def passage_params(self, params: Params) -> Params:
+        return params if self.query_encoder == "shared" else params[PASSAGE_ENCODER]
+
+    def query_params(self, params: Params, task: int) -> Params:
+        return params if self.query_encoder == "shared" else params[_query_key(self.data.tasks[task].task.name)]
 
     def _embed(self, params: Params, ids: jax.Array, mask: jax.Array, rng: jax.Array | None) -> jax.Array:
         return self.model.apply({"params": params}, ids, mask, deterministic=rng is None,
@@ -267,9 +291,9 @@ class TacoRetrieval(Method):
         passages, passage_mask = batch["passage_input_ids"][rows], batch["passage_mask"][rows]
         count, group = passages.shape[:2]
         query_rng, passage_rng = jax.random.split(rng)
-        q = self._embed(params, queries, (queries != 0).astype(jnp.int32), query_rng)
-        p = self._embed(params, passages.reshape(count * group, -1), passage_mask.reshape(count * group, -1),
-                        passage_rng)
+        q = self._embed(self.query_params(params, task), queries, (queries != 0).astype(jnp.int32), query_rng)
+        p = self._embed(self.passage_params(params), passages.reshape(count * group, -1),
+                        passage_mask.reshape(count * group, -1), passage_rng)
         scores = q @ p.T  # [B_k, B_k (1 + H)]: every passage of the task's sub-batch
         labels = jnp.arange(count) * group
         loss = optax.softmax_cross_entropy_with_integer_labels(scores, labels).mean()
@@ -292,11 +316,13 @@ class TacoRetrieval(Method):
         return jnp.concatenate(outs)[:len(ids)]
 
     def encode_passages(self, params: Params) -> jax.Array:
-        return self._encode_rows(params, self.data.passage_ids, self.data.passage_mask, "encode passages")
+        return self._encode_rows(self.passage_params(params), self.data.passage_ids, self.data.passage_mask,
+                                 "encode passages")
 
-    def encode_queries(self, params: Params, query_ids: Sequence[Sequence[int]], desc: str) -> jax.Array:
+    def encode_queries(self, params: Params, task: int, query_ids: Sequence[Sequence[int]], desc: str) -> jax.Array:
+        """Task `task`'s queries, with that task's query encoder."""
         ids = pad_rows(query_ids, max(len(q) for q in query_ids))
-        return self._encode_rows(params, ids, (ids != 0).astype(np.int32), desc)
+        return self._encode_rows(self.query_params(params, task), ids, (ids != 0).astype(np.int32), desc)
 
     def _topk(self, queries: jax.Array, passages: jax.Array, gold: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
         def exclude_gold(query_gold: jax.Array, _: Any, ids: jax.Array) -> jax.Array:
@@ -327,9 +353,9 @@ class TacoRetrieval(Method):
         passages = self.encode_passages(params) if passages is None else passages
         pages = self.data.corpus.wikipedia_ids
         out = {}
-        for task in self.data.tasks:
+        for k, task in enumerate(self.data.tasks):
             dev = task.dev[:self.eval_max_queries]
-            queries = self.encode_queries(params, task.dev_query_ids[:len(dev)], f"encode {task.task.name} dev")
+            queries = self.encode_queries(params, k, task.dev_query_ids[:len(dev)], f"encode {task.task.name} dev")
             _, top = self.search(queries, passages, self.eval_passages)
             out[task.task.name] = [
                 {"id": example.id, "input": example.input,
