@@ -104,10 +104,10 @@ def test_task_loss_is_nce_over_the_tasks_own_passages(method, params):
     mean_loss, metrics, losses = losses_of(params, batch, jax.random.PRNGKey(0))
     loss = losses[task]
     rows = task_rows(sizes, task, 1)
-    q = np.asarray(method._jit_encode(params, jnp.asarray(queries[rows, :20]), jnp.asarray((queries[rows, :20] != 0)
+    q = np.asarray(jax.jit(method._encode)(params, jnp.asarray(queries[rows, :20]), jnp.asarray((queries[rows, :20] != 0)
                                                                                         .astype(np.int32))))
     flat = passages[rows].reshape(-1, passages.shape[-1])
-    p = np.asarray(method._jit_encode(params, jnp.asarray(flat), jnp.asarray(masks[rows].reshape(len(flat), -1)
+    p = np.asarray(jax.jit(method._encode)(params, jnp.asarray(flat), jnp.asarray(masks[rows].reshape(len(flat), -1)
                                                                           .astype(np.int32))))
     scores = q @ p.T
     log_probs = scores - np.log(np.exp(scores - scores.max(1, keepdims=True)).sum(1, keepdims=True)) - \
@@ -120,7 +120,7 @@ def test_task_loss_is_nce_over_the_tasks_own_passages(method, params):
 @pytest.mark.slow
 def test_mined_pools_are_the_models_top_non_gold_passages(method, params):
     pools = method.mine_pools(params)
-    passages = np.asarray(method.encode_passages(params))
+    passages = method.encode_passages(params)[0][:len(method.data.passage_ids)]
     task = method.data.tasks[2]
     queries = np.asarray(method.encode_queries(params, 2, task.train_query_ids[:20], "q"))
     for i in range(20):
@@ -132,11 +132,16 @@ def test_mined_pools_are_the_models_top_non_gold_passages(method, params):
 
 def test_evaluation_scores_kilt_guesses_of_the_retrieved_pages(method, params, tmp_path):
     method.guess_dir = str(tmp_path)
+    method.encoding_dir = str(tmp_path / "corpus")
     metrics = method.evaluate(params)
     method.guess_dir = None
+    blocks = sorted((tmp_path / "corpus" / "host_00000-of-00001").glob("block_*.npy"))
+    written = [b.stat().st_mtime_ns for b in blocks]
+    guesses = method.guesses(params)  # the same passage encoder: its corpus encoding is read back, not redone
+    method.encoding_dir = None
+    assert len(blocks) == 1 and [b.stat().st_mtime_ns for b in blocks] == written
     assert set(metrics) == {"rprec_avg", *(f"{m}_{t}" for t in ("qa", "fc", "sf", "el")
                                            for m in ("rprec", "success_rate@5"))}
-    guesses = method.guesses(params)
     for task in method.data.tasks:
         rows = guesses[task.task.name]
         assert len(rows) == 20 and len(rows[0]["output"][0]["provenance"]) == 100
@@ -156,6 +161,25 @@ def test_configuration_errors(method):
         TacoRetrieval(data=taco_data.demo_kilt_data(), batch_size=16, model_config=TINY, query_encoder="tied")
 
 
+@pytest.mark.slow
+def test_scann_search_retrieves_what_exact_search_does(method, params):
+    """The demo's 1,051 passages are below ScaNN's brute-force threshold: both searches must agree."""
+    passages = method.encode_passages(params)
+    task = method.data.tasks[3]
+    queries = method.encode_queries(params, 3, task.train_query_ids[:16], "q")
+    gold = method.gold[3][:16]
+    exact = method.search(queries, passages, 8, gold)
+    method.search_kind = "scann"
+    approximate = method.search(queries, passages, 8, gold)
+    method.search_kind = "exact"
+    np.testing.assert_allclose(approximate[0], exact[0], rtol=1e-5)
+    # the same passages, up to the order of near-ties (the two compute dot products in different orders)
+    rescored = np.einsum("qh,qkh->qk", queries, passages[0][approximate[1]])
+    np.testing.assert_allclose(rescored, exact[0], rtol=1e-5)
+    assert (approximate[1] == exact[1]).mean() > 0.9
+
+
+@pytest.mark.slow
 def test_per_task_query_encoders_are_copies_each_trained_only_by_its_task(method):
     """Table 4.3's task query encoder: one query encoder per task plus a shared passage encoder, all starting
     from the same weights; a task's loss reaches only its own query encoder and the passage encoder."""

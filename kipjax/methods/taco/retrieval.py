@@ -14,6 +14,10 @@ several retrieval tasks at once over one passage knowledge base, in the authors'
   (`kipjax.optim.task_sensitivity_combiner`; with more than one, the temperature decays by `tau_decay` per
   episode before the last); the others minimise the mean of the task losses.
 
+Corpus encoding (`kipjax.retrieval.corpus_encoding`) is shared out over every device of every host, each host
+keeping (and, with `encoding_dir`, writing, resumably) the rows its devices hold; the exact search runs over
+that sharded table on the devices, or ScaNN over each host's rows (`search='scann'`).
+
 Evaluation encodes the corpus, retrieves `eval_passages` (100) passages for every dev query of every task,
 maps them to pages in rank order and scores the pages with KILT's official retrieval metrics
 (`kipjax.metrics.kilt`): `rprec_avg` (the chapter's average page-level R-precision), `rprec_{task}` and
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -39,8 +44,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from kipjax.data.padding import fixed_size_batches, pad_rows
+from kipjax import partitioning
+from kipjax.data.padding import pad_rows
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import COMPUTE_DTYPES
 from kipjax.methods.model_source import check_model_source
@@ -51,12 +58,13 @@ from kipjax.metrics import kilt as kilt_metrics
 from kipjax.models.t5 import T5Config
 from kipjax.optim.task_combiners import task_sensitivity_combiner
 from kipjax.partitioning import fill_boxed
-from kipjax.retrieval import index
-from kipjax.run_log import atomic_write_text, track
+from kipjax.retrieval import corpus_encoding
+from kipjax.run_log import atomic_write_text
 from kipjax.stages import Stage
 
 NO_PASSAGE = -1
 QUERY_ENCODERS = ("shared", "per_task")
+SEARCH_KINDS = ("exact", "scann")
 PASSAGE_ENCODER = "passages"
 
 
@@ -87,6 +95,14 @@ def pick_negatives(pool: np.ndarray, count: int, num_passages: int, gold: Sequen
     return out
 
 
+def params_fingerprint(params: Params) -> str:
+    """A digest of the params' values (per-leaf sums): names the encoder an encoded corpus came from."""
+    sums = np.asarray(jax.jit(lambda p: jnp.stack([jnp.sum(x.astype(jnp.float32)) for x in jax.tree.leaves(p)]
+                                                  + [jnp.sum(jnp.abs(x.astype(jnp.float32))) for x in
+                                                     jax.tree.leaves(p)]))(params))
+    return hashlib.sha256(sums.tobytes()).hexdigest()[:32]
+
+
 def _query_key(task_name: str) -> str:
     return f"queries_{task_name}"
 
@@ -114,6 +130,10 @@ class TacoRetrieval(Method):
         N dev queries of each task only; guess_dir: write KILT guess files there.
       chunk_size: passages scored per step of the exact top-k scan.
       query_encoder: 'shared' (one encoder for queries and passages) or 'per_task' (module docstring).
+      search: 'exact' (on the devices, the passage table sharded over the mesh, in `table_dtype`) or 'scann'
+        (each host indexes its rows with ScaNN): how mining and evaluation retrieve.
+      encoding_dir: where the encoded corpus is written, each host its shard, resumable
+        (`kipjax.retrieval.corpus_encoding`); None keeps it in memory only.
     """
 
     def __init__(
@@ -141,6 +161,9 @@ class TacoRetrieval(Method):
         compute_dtype: str = "float32",
         remat: bool = False,
         query_encoder: str = "shared",
+        search: str = "exact",
+        table_dtype: str = "float32",
+        encoding_dir: str | None = None,
     ):
         if query_encoder not in QUERY_ENCODERS:
             raise ValueError(f"TacoRetrieval.query_encoder must be one of {QUERY_ENCODERS}, got {query_encoder!r}")
@@ -171,8 +194,11 @@ class TacoRetrieval(Method):
         self.pools = [np.full((len(t.train), negative_pool), NO_PASSAGE, np.int32) for t in self.data.tasks]
         self.picked = [np.zeros((len(t.train), hard_negatives), np.int32) for t in self.data.tasks]
         self.query_encoder = query_encoder
-        self._jit_encode = jax.jit(self._encode)
-        self._jit_topk = jax.jit(self._topk, static_argnums=(3,))
+        if search not in SEARCH_KINDS:
+            raise ValueError(f"TacoRetrieval.search must be one of {SEARCH_KINDS}, got {search!r}")
+        if table_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"TacoRetrieval.table_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {table_dtype!r}")
+        self.search_kind, self.table_dtype, self.encoding_dir = search, table_dtype, encoding_dir
 
     # ------------------------------------------------------------------------------------------- recipe
 
@@ -310,47 +336,45 @@ class TacoRetrieval(Method):
     def _encode(self, params: Params, ids: jax.Array, mask: jax.Array) -> jax.Array:
         return self._embed(params, ids, mask, None)
 
-    def _encode_rows(self, params: Params, ids: np.ndarray, mask: np.ndarray, desc: str) -> jax.Array:
-        outs = [jax.block_until_ready(self._jit_encode(params, i, m))
-                for i, m in fixed_size_batches(self.encode_batch_size, ids, mask, desc=desc)]
-        return jnp.concatenate(outs)[:len(ids)]
+    def _mesh(self) -> Mesh:
+        """The run's mesh (the Trainer makes it current around hooks and evaluation), else one over all devices."""
+        mesh = jax.sharding.get_mesh()
+        return partitioning.make_mesh() if mesh.empty else mesh
 
-    def encode_passages(self, params: Params) -> jax.Array:
-        return self._encode_rows(self.passage_params(params), self.data.passage_ids, self.data.passage_mask,
-                                 "encode passages")
+    def encode_passages(self, params: Params) -> tuple[np.ndarray, corpus_encoding.CorpusLayout]:
+        """This host's rows of the encoded corpus and the layout (`corpus_encoding.encode_corpus`), written under
+        `encoding_dir` (resumable, and reused by the next call with the same passage encoder) when set."""
+        passage_params = self.passage_params(params)
+        return corpus_encoding.encode_corpus(
+            self._encode, passage_params, self.data.passage_ids, self.data.passage_mask, mesh=self._mesh(),
+            batch_size=self.encode_batch_size, out_dir=self.encoding_dir,
+            fingerprint=f"{params_fingerprint(passage_params)} {os.path.abspath(self.data.settings.passages_file)}",
+            desc="encode passages")
 
-    def encode_queries(self, params: Params, task: int, query_ids: Sequence[Sequence[int]], desc: str) -> jax.Array:
-        """Task `task`'s queries, with that task's query encoder."""
+    def encode_queries(self, params: Params, task: int, query_ids: Sequence[Sequence[int]], desc: str) -> np.ndarray:
+        """Task `task`'s queries, with that task's query encoder, [Q, H] on every host."""
         ids = pad_rows(query_ids, max(len(q) for q in query_ids))
-        return self._encode_rows(self.query_params(params, task), ids, (ids != 0).astype(np.int32), desc)
+        return corpus_encoding.encode_everywhere(self._encode, self.query_params(params, task), ids,
+                                                 (ids != 0).astype(np.int32), mesh=self._mesh(),
+                                                 batch_size=self.encode_batch_size, desc=desc)
 
-    def _topk(self, queries: jax.Array, passages: jax.Array, gold: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-        def exclude_gold(query_gold: jax.Array, _: Any, ids: jax.Array) -> jax.Array:
-            return jnp.where((ids[None, :, None] == query_gold[:, None, :]).any(-1), -jnp.inf, 0.0)
-
-        return index.chunked_topk(lambda q, table: index.dot_product_score(q[0], table), (queries, gold), passages, k,
-                                  chunk_size=min(self.chunk_size, passages.shape[0]),
-                                  bias_fn=lambda q, chunk, ids: exclude_gold(q[1], chunk, ids))
-
-    def search(self, queries: jax.Array, passages: jax.Array, k: int, gold: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k passage rows per query ([Q, k], -1 where fewer exist), `gold` rows excluded."""
-        gold = np.full((len(queries), 1), NO_PASSAGE, np.int32) if gold is None else gold
-        k = min(k, passages.shape[0])
-        scores, ids = [], []
-        starts = range(0, len(queries), self.encode_batch_size)
-        for start in track(starts, total=len(queries), desc="search", rows_per_item=self.encode_batch_size):
-            q, g = (jnp.asarray(x[start:start + self.encode_batch_size]) for x in (queries, gold))
-            s, i = self._jit_topk(q, passages, g, k)
-            scores.append(np.asarray(s))
-            ids.append(np.asarray(i))
-        return np.concatenate(scores), np.concatenate(ids)
+    def search(self, queries: np.ndarray, passages: tuple[np.ndarray, corpus_encoding.CorpusLayout], k: int,
+               gold: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k passage rows per query ([Q, k], -1 where fewer exist), `gold` rows excluded: exact on the
+        devices (the table sharded over the mesh) or with ScaNN on each host's rows (`search`)."""
+        local, layout = passages
+        if self.search_kind == "scann":
+            return corpus_encoding.scann_search(queries, local, layout, k, exclude=gold)
+        mesh = self._mesh()
+        table = corpus_encoding.device_table(local, layout, mesh, COMPUTE_DTYPES[self.table_dtype])
+        return corpus_encoding.exact_search(queries, table, layout, mesh, k, exclude=gold,
+                                            query_batch=self.encode_batch_size, chunk_size=self.chunk_size)
 
     # ------------------------------------------------------------------------------------------ evaluate
 
-    def guesses(self, params: Params, passages: jax.Array | None = None) -> dict[str, list[dict]]:
+    def guesses(self, params: Params) -> dict[str, list[dict]]:
         """Per task, KILT guess rows for its dev queries: the retrieved passages' pages, in rank order."""
-        passages = self.encode_passages(params) if passages is None else passages
+        passages = self.encode_passages(params)
         pages = self.data.corpus.wikipedia_ids
         out = {}
         for k, task in enumerate(self.data.tasks):
