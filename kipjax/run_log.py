@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, TextIO, TypeVar
 
 import jax
+import numpy as np
 import tqdm
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -33,6 +34,14 @@ def atomic_write_text(path: str, text: str) -> None:
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
+    os.replace(tmp, path)
+
+
+def atomic_save_npy(path: str, array: np.ndarray) -> None:
+    """`np.save(path, array)` through a temporary file and a rename (the temp name ends in .npy, so np.save keeps
+    it as given)."""
+    tmp = f"{path}.tmp.{os.getpid()}.npy"
+    np.save(tmp, array)
     os.replace(tmp, path)
 
 

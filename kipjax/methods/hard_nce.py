@@ -31,7 +31,7 @@ from kipjax.metrics import retrieval as retrieval_metrics
 from kipjax.methods.encoder_setup import setup_encoder, with_pretrained_encoders
 from kipjax.models.bert import BertConfig, BertEncoder
 from kipjax.retrieval import index, negatives, nce, score
-from kipjax.run_log import atomic_write_text
+from kipjax.run_log import atomic_save_npy, atomic_write_text
 
 NEGATIVE_KINDS = ("random", "hard", "mixed")
 
@@ -315,9 +315,7 @@ class HardNCERetrieval(Method):
         entity_vecs = np.asarray(self.encode_table(params, entities, entities=True)[0][:, 0], np.float32)
         queries = np.asarray(self.encode_table(params, mentions, entities=False)[0][:, 0], np.float32)
         os.makedirs(out_dir, exist_ok=True)
-        tmp = os.path.join(out_dir, "embeddings.tmp.npy")
-        np.save(tmp, entity_vecs)
-        os.replace(tmp, os.path.join(out_dir, "embeddings.npy"))
+        atomic_save_npy(os.path.join(out_dir, "embeddings.npy"), entity_vecs)
         worlds = np.asarray(entities["entity_world"]).tolist()
         atomic_write_text(os.path.join(out_dir, "entities.json"),
                           json.dumps([{"document_id": d, "world": w} for d, w in zip(entity_ids, worlds)]))

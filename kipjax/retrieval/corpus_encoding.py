@@ -34,11 +34,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from kipjax import partitioning
 from kipjax.retrieval import index
-from kipjax.run_log import atomic_write_text, track
+from kipjax.run_log import atomic_save_npy, atomic_write_text, track
 
 # encode_fn(params, ids [b, L], mask [b, L]) -> [b, H] embeddings (jitted here).
 EncodeFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 MANIFEST = "manifest.json"
+_save_block = atomic_save_npy  # a module attribute, so the tests can kill a run at a chosen block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,25 +110,20 @@ def _agreed_minimum(value: int) -> int:
     return int(np.min(multihost_utils.process_allgather(np.asarray(value, np.int64))))
 
 
-def _atomic_save(path: str, array: np.ndarray) -> None:
-    temp = f"{path}.tmp-{os.getpid()}.npy"
-    np.save(temp, array)
-    os.replace(temp, path)
-
-
 @functools.lru_cache(maxsize=16)
 def _jitted(encode_fn: EncodeFn, sharding: NamedSharding) -> Callable[..., jax.Array]:
     """One compiled encoder per (function, output sharding), reused across calls (e.g. ANCE episodes)."""
     return jax.jit(encode_fn, out_shardings=sharding)
 
 
-def encode_corpus(encode_fn: EncodeFn, params: Any, ids: np.ndarray, mask: np.ndarray, *, mesh: Mesh,
+def encode_corpus(encode_fn: EncodeFn, params: Any, ids: np.ndarray, mask: np.ndarray | None, *, mesh: Mesh,
                   batch_size: int,
                   out_dir: str | None = None, fingerprint: str = "", steps_per_block: int = 64,
                   desc: str = "encode corpus") -> tuple[np.ndarray, CorpusLayout]:
     """This host's rows of the encoded corpus ([layout.rows_per_host, H] float32, padding rows included) and the
     layout (module docstring). `ids` / `mask` are the whole corpus's [N, L] arrays (each host reads only its
-    rows, so a memory-mapped file serves); `batch_size` rows per step over all hosts."""
+    rows, so a memory-mapped file serves; ids of any integer dtype; mask None: `ids != 0`); `batch_size` rows
+    per step over all hosts."""
     num_hosts = jax.process_count()
     data_parallel = partitioning.data_parallel_size(mesh)
     if batch_size % (num_hosts * data_parallel // math.gcd(num_hosts, data_parallel)):
@@ -156,8 +152,10 @@ def encode_corpus(encode_fn: EncodeFn, params: Any, ids: np.ndarray, mask: np.nd
                       rows_per_item=local_batch * num_hosts):
         rows = np.arange(layout.host_start + step * local_batch, layout.host_start + (step + 1) * local_batch)
         rows = np.where(rows < layout.num_rows, rows, 0)  # padding rows re-encode row 0; they are never returned
-        inputs = [jax.make_array_from_process_local_data(batch_sharding, np.asarray(a[rows]),
-                                                         (batch_size, *a.shape[1:])) for a in (ids, mask)]
+        batch_ids = np.asarray(ids[rows], np.int32)
+        batch_mask = (batch_ids != 0).astype(np.int32) if mask is None else np.asarray(mask[rows], np.int32)
+        inputs = [jax.make_array_from_process_local_data(batch_sharding, a, (batch_size, *a.shape[1:]))
+                  for a in (batch_ids, batch_mask)]
         out = encode(params, *inputs)
         pending.append(np.asarray(multihost_utils.global_array_to_host_local_array(out, mesh, batch_sharding.spec),
                                   np.float32))
@@ -165,19 +163,21 @@ def encode_corpus(encode_fn: EncodeFn, params: Any, ids: np.ndarray, mask: np.nd
             block = np.concatenate(pending)
             pending = []
             if host_dir is not None:
-                _atomic_save(_block_path(host_dir, len(blocks)), block)
+                _save_block(_block_path(host_dir, len(blocks)), block)
             blocks.append(block)
     assert len(blocks) == num_blocks, (len(blocks), num_blocks)
     return np.concatenate(blocks)[:layout.rows_per_host], layout
 
 
-def encode_everywhere(encode_fn: EncodeFn, params: Any, ids: np.ndarray, mask: np.ndarray, *, mesh: Mesh,
+def encode_everywhere(encode_fn: EncodeFn, params: Any, ids: np.ndarray, mask: np.ndarray | None, *, mesh: Mesh,
                       batch_size: int, desc: str) -> np.ndarray:
     """[N, H]: all rows encoded (shared out over hosts and devices as `encode_corpus`), whole on every host;
     for the queries, which every host searches with."""
     local, layout = encode_corpus(encode_fn, params, ids, mask, mesh=mesh, batch_size=batch_size, desc=desc)
-    if jax.process_count() > 1:
-        local = np.asarray(multihost_utils.process_allgather(local, tiled=True))
+    if jax.process_count() > 1:  # the hosts' rows, put in row order
+        starts = multihost_utils.process_allgather(np.asarray(layout.host_start, np.int64))
+        parts = multihost_utils.process_allgather(local)
+        local = np.concatenate([parts[h] for h in np.argsort(starts)])
     return local[:layout.num_rows]
 
 

@@ -1,4 +1,6 @@
 """TACO's featurized data (kipjax.methods.taco.data) and its SeqIO tasks (tasks/kilt.py) on the bundled demo."""
+import dataclasses
+
 import gin
 import numpy as np
 import pytest
@@ -40,9 +42,24 @@ def test_queries_carry_the_task_prefix_and_fit_their_budget(demo):
             assert len(ids) <= budget and ids[-1] == tokenizer.eos_token_id
             assert tokenizer.convert_ids_to_tokens(ids[:2]) == [task.task.prefix, inputs.TASK_TOKEN]
             assert tokenizer.unk_token_id not in ids
-    assert (demo.passage_mask.sum(1) <= inputs.PASSAGE_TOKENS).all()
-    assert (demo.passage_ids[np.arange(len(demo.passage_ids)), demo.passage_mask.sum(1) - 1]
-            == tokenizer.eos_token_id).all()
+    lengths = (demo.passage_ids != 0).sum(1)
+    assert demo.passage_ids.dtype == np.uint16 and demo.passage_ids.shape[1] <= inputs.PASSAGE_TOKENS
+    assert (demo.passage_ids[np.arange(len(demo.passage_ids)), lengths - 1] == tokenizer.eos_token_id).all()
+    assert demo.passage_ids[0, :lengths[0]].tolist() == taco_data.encode_texts(
+        tokenizer, [inputs.passage_text(demo.corpus.titles[0], demo.corpus.texts[0])], inputs.PASSAGE_TOKENS)[0]
+
+
+def test_the_passage_token_table_is_cached_and_memory_mapped(demo, tmp_path):
+    settings = dataclasses.replace(demo.settings, cache_dir=str(tmp_path))
+    texts = ["Title: A Text: alpha beta", "Title: B Text: gamma"]
+    built = taco_data.passage_tokens(settings, demo.tokenizer, texts)
+    assert [p.name for p in tmp_path.iterdir()][0].startswith("passage_tokens-")
+    cached = taco_data.passage_tokens(settings, demo.tokenizer, ["ignored: read from the cache"] * 2)
+    assert isinstance(cached, np.memmap) and cached.tolist() == built.tolist()
+    expected = taco_data.encode_texts(demo.tokenizer, texts, inputs.PASSAGE_TOKENS)
+    assert [row[row != 0].tolist() for row in built] == expected
+    with pytest.raises(ValueError, match="2 cached passages, but .* has 3"):
+        taco_data.passage_tokens(settings, demo.tokenizer, texts + ["a third"])
 
 
 def test_each_task_streams_its_training_queries(demo):

@@ -78,8 +78,10 @@ def test_the_batch_gathers_positive_and_picked_negative_tokens(method):
     # rows reordered task after task (stable): the task-0 rows first
     assert batch["query_input_ids"].tolist() == [[6, 7, 1], [8, 1, 0], [5, 1, 0]]
     expected_rows = [[11, *method.picked[0][0]], [12, *method.picked[0][7]], [10, *method.picked[1][4]]]
-    np.testing.assert_array_equal(batch["passage_input_ids"], method.data.passage_ids[np.array(expected_rows)])
-    np.testing.assert_array_equal(batch["passage_mask"], method.data.passage_mask[np.array(expected_rows)])
+    tokens = method.data.passage_ids[np.array(expected_rows)]
+    np.testing.assert_array_equal(batch["passage_input_ids"], tokens)
+    assert batch["passage_input_ids"].dtype == np.int32 and batch["passage_mask"].dtype == np.int32
+    np.testing.assert_array_equal(batch["passage_mask"], tokens != 0)
 
 
 def test_task_loss_is_nce_over_the_tasks_own_passages(method, params):

@@ -31,13 +31,13 @@ def main(out: str, process_id: int, num_processes: int, port: int, kill_at_block
         return (i * m).astype(jnp.float32) @ p["w"]
 
     if kill_at_block is not None:
-        real_save = ce._atomic_save
+        real_save = ce._save_block
 
         def save(path, array):
             if path.endswith(f"block_{kill_at_block:06d}.npy"):
                 raise SystemExit(3)
             real_save(path, array)
-        ce._atomic_save = save
+        ce._save_block = save
     mesh = partitioning.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
     local, layout = ce.encode_corpus(encoder, params, ids, mask, mesh=mesh, batch_size=16,
                                      out_dir=f"{out}/encoding", fingerprint="f", steps_per_block=2)

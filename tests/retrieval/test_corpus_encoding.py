@@ -78,7 +78,7 @@ def test_a_killed_encoding_resumes_from_its_finished_blocks(corpus, mesh, tmp_pa
         return run
 
     monkeypatch.setattr(ce, "_jitted", counting)
-    real_save = ce._atomic_save
+    real_save = ce._save_block
 
     def dies_at_block_3(path, array):
         if path.endswith("block_000003.npy"):
@@ -86,7 +86,7 @@ def test_a_killed_encoding_resumes_from_its_finished_blocks(corpus, mesh, tmp_pa
         real_save(path, array)
 
     kwargs = dict(mesh=mesh, batch_size=8, out_dir=str(tmp_path), steps_per_block=2)  # 11 steps, 6 blocks
-    monkeypatch.setattr(ce, "_atomic_save", dies_at_block_3)
+    monkeypatch.setattr(ce, "_save_block", dies_at_block_3)
     with pytest.raises(KeyboardInterrupt):
         ce.encode_corpus(linear_encoder, params, ids, mask, fingerprint="A", **kwargs)
     assert len(steps) == 8
@@ -94,7 +94,7 @@ def test_a_killed_encoding_resumes_from_its_finished_blocks(corpus, mesh, tmp_pa
     assert sorted(p.name for p in host_dir.iterdir()) == [f"block_00000{b}.npy" for b in range(3)] + ["manifest.json"]
     assert json.loads((host_dir / "manifest.json").read_text())["fingerprint"] == "A"
 
-    monkeypatch.setattr(ce, "_atomic_save", real_save)
+    monkeypatch.setattr(ce, "_save_block", real_save)
     steps.clear()
     local, _ = ce.encode_corpus(linear_encoder, params, ids, mask, fingerprint="A", **kwargs)
     assert len(steps) == 11 - 6  # blocks 0-2 (steps 0-5) were loaded, not encoded

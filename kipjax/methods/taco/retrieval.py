@@ -284,8 +284,9 @@ class TacoRetrieval(Method):
         task_index, query_index = features["task_index"][order], features["query_index"][order]
         negatives = np.stack([self.picked[t][q] for t, q in zip(task_index, query_index)])
         rows = np.concatenate([features["positive"][order][:, None], negatives], axis=1)  # [b, 1 + H]
-        return {"query_input_ids": features["query_input_ids"][order],
-                "passage_input_ids": self.data.passage_ids[rows], "passage_mask": self.data.passage_mask[rows]}
+        passages = self.data.passage_ids[rows].astype(np.int32)
+        return {"query_input_ids": features["query_input_ids"][order], "passage_input_ids": passages,
+                "passage_mask": (passages != 0).astype(np.int32)}
 
     # ------------------------------------------------------------------------------------------- model
 
@@ -346,7 +347,7 @@ class TacoRetrieval(Method):
         `encoding_dir` (resumable, and reused by the next call with the same passage encoder) when set."""
         passage_params = self.passage_params(params)
         return corpus_encoding.encode_corpus(
-            self._encode, passage_params, self.data.passage_ids, self.data.passage_mask, mesh=self._mesh(),
+            self._encode, passage_params, self.data.passage_ids, None, mesh=self._mesh(),
             batch_size=self.encode_batch_size, out_dir=self.encoding_dir,
             fingerprint=f"{params_fingerprint(passage_params)} {os.path.abspath(self.data.settings.passages_file)}",
             desc="encode passages")
@@ -354,8 +355,8 @@ class TacoRetrieval(Method):
     def encode_queries(self, params: Params, task: int, query_ids: Sequence[Sequence[int]], desc: str) -> np.ndarray:
         """Task `task`'s queries, with that task's query encoder, [Q, H] on every host."""
         ids = pad_rows(query_ids, max(len(q) for q in query_ids))
-        return corpus_encoding.encode_everywhere(self._encode, self.query_params(params, task), ids,
-                                                 (ids != 0).astype(np.int32), mesh=self._mesh(),
+        return corpus_encoding.encode_everywhere(self._encode, self.query_params(params, task), ids, None,
+                                                 mesh=self._mesh(),
                                                  batch_size=self.encode_batch_size, desc=desc)
 
     def search(self, queries: np.ndarray, passages: tuple[np.ndarray, corpus_encoding.CorpusLayout], k: int,
