@@ -30,8 +30,8 @@ uninterrupted one does (provided the method's `state_dict` holds what its hooks 
 
 `MODEL_DIR/stages.json` (rewritten atomically at each stage's start and end) lists the stages, their lengths
 (`train_steps` once known), status (`pending`, `running`, `done`) and newest checkpoint step as of that
-moment, and names the current stage; the stage's own `metrics.jsonl` has its live progress. Nothing reads it
-back: the checkpoints are the truth.
+moment, and names the current stage; the stage's own `metrics.jsonl` has its live progress. Training never
+reads it back (the checkpoints are the truth); `kipjax.sweep --reuse_stages` reads the stage order and status.
 """
 from __future__ import annotations
 
