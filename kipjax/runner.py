@@ -45,9 +45,10 @@ def train(method: Method = gin.REQUIRED, model_dir: str = gin.REQUIRED) -> Metri
     return metrics
 
 
-def restore_params(checkpoint: str, method: Method) -> tuple[Any, int, str]:
+def restore_params(checkpoint: str, method: Method, load_method_state: bool = False) -> tuple[Any, int, str]:
     """(params, step, model_dir) of the newest checkpoint under `checkpoint`, placed on the configured mesh. For
-    a staged method, a staged MODEL_DIR means its newest stage with a checkpoint (model_dir: that stage's)."""
+    a staged method, a staged MODEL_DIR means its newest stage with a checkpoint (model_dir: that stage's). With
+    `load_method_state`, the method also gets the checkpoint's method state (e.g. TACO's mined negatives)."""
     stage = None
     stages = method.stages()
     if stages:
@@ -57,7 +58,8 @@ def restore_params(checkpoint: str, method: Method) -> tuple[Any, int, str]:
     combiner = {} if stage is None else {"gradient_combiner": stage.gradient_combiner}
     trainer = Trainer(method, model_dir=os.path.dirname(directory), train_steps=max(step, 1), train_epochs=None,
                       **combiner)
-    return trainer.restore_state(directory, step).params, step, os.path.dirname(directory)
+    return (trainer.restore_state(directory, step, load_method_state=load_method_state).params, step,
+            os.path.dirname(directory))
 
 
 @gin.configurable

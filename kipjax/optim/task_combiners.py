@@ -77,7 +77,7 @@ def _mean(task_grads: TaskGrads) -> Params:
     return jax.tree.map(lambda g: jnp.mean(g, axis=0), task_grads)
 
 
-def _all_finite(task_grads: TaskGrads) -> jax.Array:
+def all_finite(task_grads: TaskGrads) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(task_grads)]))
 
 
@@ -96,7 +96,7 @@ def _gram(task_grads: TaskGrads) -> jax.Array:
 
 def _guarded(task_grads: TaskGrads, state: Any, combined: Params, new_state: Any) -> tuple[Params, Any]:
     """`combined` and `new_state` when every task gradient is finite, else the mean and the old state."""
-    finite = _all_finite(task_grads)
+    finite = all_finite(task_grads)
     grads = jax.tree.map(lambda c, m: jnp.where(finite, c, m), combined, _mean(task_grads))
     state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
     return grads, state
