@@ -1,6 +1,7 @@
 """The benchmark scripts run at toy sizes, and what they compute is right (FLOP count, same-weights losses). The
 runs that build and time whole train steps are in the slow suite."""
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,30 @@ def test_input_pipeline_benchmark_times_the_feed_against_the_step():
     assert result["task"] == "demo_zeshel_retrieval" and result["batch_size"] == 16
     assert result["input"]["median_s"] > 0 and result["step"]["median_s"] > 0
     assert result["input_fraction"] == pytest.approx(result["input"]["median_s"] / result["step"]["median_s"])
+
+
+@pytest.mark.slow  # three multi-task T5 train steps compile (about 30 s of the 70 s): kept out of the fast suite
+def test_taco_combiner_benchmark_steps_agree_until_the_adaptive_burn_in_ends(tmp_path):
+    bench = load("taco_combiner_benchmark")
+    result = bench.main(["--quick", "--gin_bindings=demo_kilt_data.tasks = ['qa', 'fc']",
+                         f"--out={tmp_path / 'r.json'}"])
+    burn_in, adaptive = result["checks"]["burn_in_step"], result["checks"]["adaptive_step"]
+    # The same batch and params: the same loss in all three, and in burn-in the same gradient and update.
+    for check in (burn_in, adaptive):
+        assert check["loss"]["naive_combiner"] == pytest.approx(check["loss"]["naive"], rel=1e-5)
+        assert check["loss"]["adaptive"] == pytest.approx(check["loss"]["naive"], rel=1e-5)
+    assert burn_in["grad_norm"]["adaptive"] == pytest.approx(burn_in["grad_norm"]["naive"], rel=1e-5)
+    assert max(d for v in burn_in["difference_from_naive"].values() for d in v.values()) < 1e-3
+    # After burn-in the per-task mean still matches the naive gradient; the adaptive one does not.
+    assert adaptive["grad_norm"]["naive_combiner"] == pytest.approx(adaptive["grad_norm"]["naive"], rel=1e-4)
+    assert adaptive["difference_from_naive"]["naive_combiner"]["optimizer"] < 1e-2
+    assert adaptive["difference_from_naive"]["adaptive"]["optimizer"] > 0.1
+    assert adaptive["grad_norm"]["adaptive"] != pytest.approx(adaptive["grad_norm"]["naive"], rel=1e-2)
+    # I is T x the params in float32; the adaptive step's arguments carry it on top of the naive step's.
+    assert result["num_tasks"] == 2 and result["combiner_state_bytes"] == 2 * 4 * result["param_count"]
+    memory = {name: s["memory"] for name, s in result["steps"].items()}
+    assert memory["adaptive"]["argument_bytes"] >= memory["naive"]["argument_bytes"] + result["combiner_state_bytes"]
+    steps = result["steps"]
+    assert result["adaptive_over_naive"] == pytest.approx(steps["adaptive"]["median_s"] / steps["naive"]["median_s"])
+    assert result["flops_check"]["formula_flops"] == pytest.approx(result["flops_check"]["xla_flops"], rel=0.2)
+    assert set(json.loads((tmp_path / "r.json").read_text())) >= {"steps", "checks", "combiner_alone", "config"}

@@ -38,6 +38,7 @@ skips the step and counts it) and leaves its state as it was.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple, Protocol
 
 import gin
@@ -73,8 +74,27 @@ def _num_tasks(task_grads: TaskGrads) -> int:
     return jax.tree.leaves(task_grads)[0].shape[0]
 
 
+def _task_slices(x: jax.Array) -> list[jax.Array]:
+    return [x[k] for k in range(x.shape[0])]
+
+
+def _task_sum(x: jax.Array) -> jax.Array:
+    """Sum over the leading task axis as element-wise adds of its T slices: XLA:CPU runs a reduction over a short
+    leading axis many times slower (benchmarks/README.md, "TACO adaptive learning")."""
+    return functools.reduce(jnp.add, _task_slices(x))
+
+
+def _task_softmax(x: jax.Array) -> list[jax.Array]:
+    """softmax over the leading task axis, slice by slice (as `_task_sum`); the T weight slices."""
+    slices = _task_slices(x)
+    top = functools.reduce(jnp.maximum, slices)
+    exps = [jnp.exp(s - top) for s in slices]
+    total = functools.reduce(jnp.add, exps)
+    return [e / total for e in exps]
+
+
 def _mean(task_grads: TaskGrads) -> Params:
-    return jax.tree.map(lambda g: jnp.mean(g, axis=0), task_grads)
+    return jax.tree.map(lambda g: _task_sum(g) / g.shape[0], task_grads)
 
 
 def all_finite(task_grads: TaskGrads) -> jax.Array:
@@ -83,7 +103,8 @@ def all_finite(task_grads: TaskGrads) -> jax.Array:
 
 def _weighted(task_grads: TaskGrads, weights: jax.Array) -> Params:
     """sum_k weights[k] g_k, weights [T]."""
-    return jax.tree.map(lambda g: jnp.tensordot(weights.astype(g.dtype), g, axes=1), task_grads)
+    return jax.tree.map(lambda g: functools.reduce(jnp.add, [weights[k].astype(g.dtype) * gk for k, gk in
+                                                             enumerate(_task_slices(g))]), task_grads)
 
 
 def _gram(task_grads: TaskGrads) -> jax.Array:
@@ -144,8 +165,9 @@ class NaiveCombiner(NamedTuple):
     def update(self, task_grads: TaskGrads, state: tuple, params: Params, task_losses: jax.Array
                ) -> tuple[Params, tuple]:
         del params, task_losses
-        reduce = jnp.sum if self.reduction == "sum" else jnp.mean
-        return jax.tree.map(lambda g: reduce(g, axis=0), task_grads), state
+        if self.reduction == "mean":
+            return _mean(task_grads), state
+        return jax.tree.map(_task_sum, task_grads), state
 
 
 @gin.configurable
@@ -190,8 +212,10 @@ class TaskSensitivityCombiner(NamedTuple):
         sensitivity = jax.tree.map(average, state.sensitivity, raw)
 
         def combine(g: jax.Array, importance: jax.Array) -> jax.Array:
-            weights = jax.nn.softmax(importance / self.tau, axis=0)
-            return (jnp.sum(weights * g.astype(jnp.float32), axis=0) / self.num_tasks).astype(g.dtype)
+            weights = _task_softmax(importance / self.tau)
+            weighted = functools.reduce(jnp.add, [w * gk.astype(jnp.float32)
+                                                  for w, gk in zip(weights, _task_slices(g))])
+            return (weighted / self.num_tasks).astype(g.dtype)
 
         adaptive = jax.tree.map(combine, task_grads, sensitivity)
         burning_in = state.count < self.burn_in_steps
