@@ -1,5 +1,6 @@
-"""Contrastive losses over candidate scores (chapter 3): NCE (eq. 3.11), multi-label NCE, bias-corrected NCE
-(eq. 3.5) and KL distillation from a teacher.
+"""Contrastive losses over candidate scores (chapter 3): NCE (eq. 3.11), multi-label NCE (eq. 6.1, and the
+all-golds and marginal variants of its ablation), bias-corrected NCE (eq. 3.5) and KL distillation from a
+teacher.
 
 Every loss takes scores [B, C] (float, any dtype; computed in float32), returns the mean over the batch, is
 jit-compatible, and uses masked log-sum-exp so padded candidates (`valid` False) neither overflow nor leak into
@@ -56,6 +57,24 @@ def multilabel_nce_loss(scores: Array, gold_mask: Array, valid: Array | None = N
     # -log(e^s / (e^s + e^n)) = softplus(n - s); n = -inf (no negatives) gives exactly 0.
     per_gold = jax.nn.softplus(negatives_lse - scores)
     return jnp.mean(jnp.sum(jnp.where(gold, per_gold, 0.0), axis=-1))
+
+
+def all_golds_nce_loss(scores: Array, gold_mask: Array, valid: Array | None = None) -> Array:
+    """Multi-label NCE with every candidate, the other golds included, in each gold's normaliser: the sum over
+    an example's golds of -log softmax(scores)[g] (EntQA's "naive NCE" ablation of eq. 6.1)."""
+    scores, valid = _prepare(scores, valid)
+    gold = gold_mask.astype(bool) & valid
+    per_gold = masked_logsumexp(scores, valid)[:, None] - scores
+    return jnp.mean(jnp.sum(jnp.where(gold, per_gold, 0.0), axis=-1))
+
+
+def marginal_nce_loss(scores: Array, gold_mask: Array, valid: Array | None = None) -> Array:
+    """-log of the total softmax probability of an example's golds (marginal log-likelihood; EntQA's ablation
+    of eq. 6.1); an example with no gold contributes 0."""
+    scores, valid = _prepare(scores, valid)
+    gold = gold_mask.astype(bool) & valid
+    loss = masked_logsumexp(scores, valid) - masked_logsumexp(scores, gold)
+    return jnp.mean(jnp.where(jnp.any(gold, axis=-1), loss, 0.0))
 
 
 def bias_corrected_nce_loss(scores: Array, neg_log_q: Array, valid: Array | None = None) -> Array:

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kipjax.retrieval.nce import (bias_corrected_nce_loss, kl_distillation_loss, masked_logsumexp, multilabel_nce_loss,
-                                  nce_loss)
+from kipjax.retrieval.nce import (all_golds_nce_loss, bias_corrected_nce_loss, kl_distillation_loss,
+                                  marginal_nce_loss, masked_logsumexp, multilabel_nce_loss, nce_loss)
 
 LN = math.log
 
@@ -38,6 +38,19 @@ def test_multilabel_by_hand():
     scores = jnp.array([[0.0, LN(2), LN(3), LN(4)], [1.0, 2.0, 3.0, 4.0]])
     gold = jnp.array([[True, False, True, False], [False] * 4])
     np.testing.assert_allclose(multilabel_nce_loss(scores, gold), LN(21) / 2, rtol=1e-6)
+
+
+def test_entqa_ablation_variants_by_hand():
+    # exp(s) = 1, 2, 3, 4, golds 1 and 3 (total 10).  All golds in the normaliser: -log(1/10) - log(3/10)
+    # = ln(100 / 3).  Marginal: -log((1 + 3) / 10) = ln(10 / 4).  Row 2 (no gold) adds 0 to both means.
+    scores = jnp.array([[0.0, LN(2), LN(3), LN(4)], [1.0, 2.0, 3.0, 4.0]])
+    gold = jnp.array([[True, False, True, False], [False] * 4])
+    np.testing.assert_allclose(all_golds_nce_loss(scores, gold), LN(100 / 3) / 2, rtol=1e-6)
+    np.testing.assert_allclose(marginal_nce_loss(scores, gold), LN(10 / 4) / 2, rtol=1e-6)
+    # with one gold per example, all three are plain NCE
+    one = jnp.array([[True, False, False, False]] * 2)
+    for loss in (all_golds_nce_loss, marginal_nce_loss, multilabel_nce_loss):
+        np.testing.assert_allclose(loss(scores, one), nce_loss(scores), rtol=1e-6)
 
 
 def test_multilabel_valid_mask():

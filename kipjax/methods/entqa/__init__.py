@@ -1,0 +1,1 @@
+"""EntQA (dissertation chapter 6): entity linking as inverted question answering."""
