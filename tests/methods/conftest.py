@@ -1,7 +1,12 @@
 """Method tests build methods from gin-configurable classes: each test starts and ends with a clean config."""
+from pathlib import Path
+
 import gin
 import numpy as np
 import pytest
+
+from kipjax import checkpoints, partitioning
+from kipjax.trainer import Trainer
 
 
 @pytest.fixture(autouse=True)
@@ -26,3 +31,18 @@ def assert_same_rows():
 
         assert rows(batch) == rows(own)
     return check
+
+
+@pytest.fixture
+def save_initial_checkpoint():
+    """`save_initial_checkpoint(method, model_dir)`: a step-0 checkpoint of freshly initialised params with the
+    method's current state, laid out as `python -m kipjax.train` leaves it (no training)."""
+    def save(method, model_dir):
+        trainer = Trainer(method, model_dir=str(model_dir), train_steps=1, train_epochs=None)
+        state = trainer.initial_state(trainer.device_batch(trainer.peek_batch()))
+        ckpt = checkpoints.Checkpointer(str(Path(model_dir) / "checkpoints"))
+        ckpt.save(0, state, {**trainer.feed.state.to_json(), "hooked_epoch": 0},
+                  partitioning.put_replicated(method.state_dict(), trainer.mesh))
+        ckpt.close()
+        return state
+    return save

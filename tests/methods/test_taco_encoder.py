@@ -10,7 +10,8 @@ import transformers
 from flax import linen as nn
 from flax import traverse_util
 
-from kipjax.methods.taco.encoder import ST5EncDec, dot_scores, load_st5_encdec, scaled_t5_init, without_lm_head
+from kipjax.methods.taco.encoder import (ST5EncDec, dot_scores, load_st5_encdec, save_st5_encdec, scaled_t5_init,
+                                         without_lm_head)
 from kipjax.models import hf
 from kipjax.models.t5 import T5Config
 from kipjax.partitioning import fill_boxed
@@ -79,6 +80,16 @@ def test_embeddings_match_the_transformers_decoder_state(checkpoint):
     np.testing.assert_allclose(np.asarray(jitted), expected, atol=1e-4, rtol=0)
     # The full T5 tree (with an untied head) is accepted too: the head is simply never read.
     np.testing.assert_array_equal(embed(model, t5_params), got)
+
+
+def test_a_saved_encoder_gives_transformers_the_same_embeddings(checkpoint, tmp_path):
+    _, path = checkpoint
+    model, params = load_st5_encdec(path)
+    save_st5_encdec(model, params, tmp_path / "exported")
+    np.testing.assert_allclose(transformers_embeddings(tmp_path / "exported", IDS, MASK),
+                               transformers_embeddings(path, IDS, MASK), atol=1e-5, rtol=0)
+    _, reloaded = load_st5_encdec(tmp_path / "exported")
+    jax.tree.map(np.testing.assert_array_equal, reloaded, params)
 
 
 def test_loaded_params_have_the_structure_of_init(checkpoint):

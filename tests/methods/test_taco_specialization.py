@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kipjax import checkpoints, partitioning, runner
+from kipjax import runner
 from kipjax.methods.taco import specialization as sp
+from kipjax.methods.taco.retrieval import configured_taco
 from kipjax.optim.task_combiners import task_sensitivity_combiner
-from kipjax.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = "gin_configs/taco/demo.gin"
@@ -232,20 +232,15 @@ def test_a_config_without_taco_fails_clearly(tmp_path, in_repo):
     assert not (tmp_path / "out").exists()
 
 
-def fresh_checkpoint(model_dir: Path) -> None:
+def fresh_checkpoint(model_dir: Path, save_initial_checkpoint) -> None:
     """A checkpoint of freshly initialised params at step 0 with BM25 negatives as its method state (no training),
     laid out as `python -m kipjax.train` leaves it; checks that `runner.restore_params(..., load_method_state=True)`
     gets those negatives back."""
-    gin.parse_config_files_and_bindings([DEMO], [*TINY, "taco_specialization.method = %METHOD"])
-    method = sp.configured_method()
-    trainer = Trainer(method, model_dir=str(model_dir), train_steps=1, train_epochs=None)
+    gin.parse_config_files_and_bindings([DEMO], [*TINY, "taco_command.method = %METHOD"])
+    method = configured_taco("the test")
     method.pools = method.bm25_pools()
     method.on_epoch_start(None, 0, jax.random.PRNGKey(5))
-    state = trainer.initial_state(trainer.device_batch(trainer.peek_batch()))
-    ckpt = checkpoints.Checkpointer(str(model_dir / "checkpoints"))
-    ckpt.save(0, state, {**trainer.feed.state.to_json(), "hooked_epoch": 0},
-              partitioning.put_replicated(method.state_dict(), trainer.mesh))
-    ckpt.close()
+    save_initial_checkpoint(method, model_dir)
     saved = {k: np.asarray(v) for k, v in method.state_dict().items()}
     method.pools, method.picked = [0 * p for p in method.pools], [0 * p for p in method.picked]
     runner.restore_params(str(model_dir), method, load_method_state=True)
@@ -276,11 +271,11 @@ def check_outputs(out: Path, label: str, tasks: list[str]) -> dict:
 
 
 @pytest.mark.slow
-def test_command_on_a_freshly_initialised_checkpoint(tmp_path, in_repo):
+def test_command_on_a_freshly_initialised_checkpoint(tmp_path, in_repo, save_initial_checkpoint):
     """No training: an unknown --tasks name fails before any restore; the command restores a step-0 checkpoint
     with its negatives, averages 3 batches, and overlays an earlier result in both figures."""
     model_dir = tmp_path / "fresh"
-    fresh_checkpoint(model_dir)
+    fresh_checkpoint(model_dir, save_initial_checkpoint)
     common = [f"--gin_file={DEMO}", *(f"--gin.{b.replace(' ', '')}" for b in TINY), f"--checkpoint={model_dir}"]
     with pytest.raises(SystemExit, match=r"unknown task\(s\) \['nq'\]"):
         sp.main([*common, f"--out={tmp_path / 'never'}", "--tasks=qa,nq"])

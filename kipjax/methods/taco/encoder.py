@@ -24,6 +24,7 @@ self-attention value/out, MLPs, norms, shared embedding) is trained.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any
@@ -101,6 +102,15 @@ def load_st5_encdec(path: str | os.PathLike, *, dtype: Any = jnp.float32,
     if not isinstance(model, T5):
         raise ValueError(f"{path}: TACO's ST5-EncDec encoder needs a T5 checkpoint, got {type(model).__name__}")
     return ST5EncDec(model.config), without_lm_head(params)
+
+
+def save_st5_encdec(model: ST5EncDec, params: Params, path: str | os.PathLike) -> Any:
+    """Writes the encoder as a Hugging Face T5 directory (atomically) whose `transformers.T5Model` gives the same
+    embeddings (`decoder_input_ids=[[0]]`, `last_hidden_state[:, 0]`) and which `load_st5_encdec` reads back.
+    There is no LM head to store, so the file says `tie_word_embeddings: true` even for a v1.1 encoder: load
+    it as `T5Model` (an embedding model), not as a T5 for generation."""
+    config = dataclasses.replace(model.config, tie_word_embeddings=True)
+    return hf.save_pretrained(T5(config), without_lm_head(nn.unbox(params)), path)
 
 
 def dot_scores(queries: Array, passages: Array) -> Array:

@@ -403,3 +403,22 @@ class TacoRetrieval(Method):
                                   "".join(json.dumps(row) + "\n" for row in guesses[name]))
         metrics["rprec_avg"] = float(np.mean([metrics[f"rprec_{t.task.name}"] for t in self.data.tasks]))
         return metrics
+
+
+# ------------------------------------------------------------------------------------------- commands
+
+METHOD_BINDING = "--gin_bindings=taco_command.method = %METHOD"  # what the TACO commands add to the gin flags
+
+
+@gin.configurable("taco_command")
+def _configured_method(method: Method = gin.REQUIRED) -> Method:
+    return method
+
+
+def configured_taco(purpose: str) -> TacoRetrieval:
+    """The config's METHOD, bound by `METHOD_BINDING`, or a clear exit when it is not TACO's."""
+    method = _configured_method()
+    if not isinstance(method, TacoRetrieval):
+        raise SystemExit(f"error: the config's METHOD is a {type(method).__name__}, not TACO's TacoRetrieval: "
+                         f"{purpose} needs a TACO checkpoint and its config")
+    return method

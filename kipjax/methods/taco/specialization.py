@@ -40,14 +40,13 @@ import os
 import sys
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from kipjax import cli, partitioning, runner
-from kipjax.methods.base import Method, Params
-from kipjax.methods.taco.retrieval import TacoRetrieval
+from kipjax.methods.base import Params
+from kipjax.methods.taco.retrieval import METHOD_BINDING, TacoRetrieval, configured_taco
 from kipjax.optim.task_combiners import (SensitivityState, TaskGrads, TaskSensitivityCombiner, all_finite,
                                          per_task_zeros, task_sensitivity_combiner)
 from kipjax.run_log import atomic_write_text, track
@@ -260,11 +259,6 @@ def plot_sensitivity_density(results: Sequence[dict], path: str) -> None:
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-@gin.configurable("taco_specialization")
-def configured_method(method: Method = gin.REQUIRED) -> Method:
-    return method
-
-
 def taco_task_gradients(method: TacoRetrieval) -> Callable[[Params, Any], TaskGrads]:
     """(params, (batch, tables, rng)) -> each task's gradient of its loss on its rows, stacked [T, ...], with
     the task rngs the trainer's combined step uses."""
@@ -373,15 +367,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sample", type=int, default=50_000, help="elements Figure 4.2's KDE is fitted on")
     parser.add_argument("--seed", type=int, default=0, help="dropout and sample seed")
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = cli.parse_command_line(__doc__, ["--gin_bindings=taco_specialization.method = %METHOD", *argv], parser)
+    args = cli.parse_command_line(__doc__, [METHOD_BINDING, *argv], parser)
     if args.batches < 1:
         parser.error(f"--batches must be at least 1, got {args.batches}")
     cli.require_checkpoint(args.checkpoint)
     comparisons = load_comparisons(args.compare)
-    method = configured_method()
-    if not isinstance(method, TacoRetrieval):
-        raise SystemExit(f"error: the config's METHOD is a {type(method).__name__}, not TACO's TacoRetrieval: the "
-                         "specialization analysis needs a multi-task TACO checkpoint and its config")
+    method = configured_taco("the specialization analysis")
     density_tasks = density_task_indices([task.task.name for task in method.data.tasks], args.tasks)
     try:
         edges = entropy_edges(method.num_tasks, args.bins, args.task_specific_entropy)
