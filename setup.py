@@ -21,8 +21,9 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
     "scipy>=1.11",
     "matplotlib>=3.8",
-    "pytrec-eval-terrier>=0.5",
-    "bm25s>=0.2",  # BM25 hard negatives (TACO's warmup)  # trec_eval's measures (passage-level R-precision on KILT); import pytrec_eval
+    "pytrec-eval-terrier>=0.5",  # trec_eval's measures (passage-level R-precision on KILT); import pytrec_eval
+    "rdflib>=7,<8",  # NIF (RDF Turtle) entity-linking corpora and GERBIL files: kipjax.data.nif
+    "bm25s>=0.2",  # BM25 hard negatives (TACO's warmup)
 ]
 
 setup(
