@@ -476,7 +476,7 @@ def _article(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
 
-def _stems(rng: random.Random, count: int, taken: set[str]) -> list[str]:
+def name_stems(rng: random.Random, count: int, taken: set[str]) -> list[str]:
     """`count` distinct invented two-syllable names, none in `taken`."""
     out: list[str] = []
     while len(out) < count:
@@ -509,7 +509,7 @@ class _People:
 
 def _world(rng: random.Random) -> list[Page]:
     """The pages with their attributes (no text yet), in random order."""
-    stems = _stems(rng, 190, {c[0] for c in COUNTRIES} | {n for names in FIRST_NAMES.values() for n in names})
+    stems = name_stems(rng, 190, {c[0] for c in COUNTRIES} | {n for names in FIRST_NAMES.values() for n in names})
     city_stems, new_stems = stems[:PAGE_COUNTS["city"]], iter(stems[PAGE_COUNTS["city"]:150])
 
     def stems_of(kind: str) -> list[str]:
