@@ -51,6 +51,7 @@ def test_memory_only_compiles_without_allocating(tmp_path):
     assert memory["argument_bytes"] >= 3 * 4 * memory["param_count"]
 
 
+@pytest.mark.slow
 def test_mining_benchmark_times_encoding_and_mining():
     bench = load("mining_benchmark")
     result = bench.main(["--entities=64", "--mentions=16", "--seq_len=16", "--num_candidates=4", "--layers=1",

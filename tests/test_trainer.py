@@ -366,6 +366,7 @@ def test_summed_task_gradients_are_the_gradient_of_the_summed_loss(tmp_path):
     assert metrics["loss"] == pytest.approx((metrics["task_0/loss"] + metrics["task_1/loss"]) / 2)
 
 
+@pytest.mark.slow
 def test_adaptive_learning_resumes_bit_for_bit_and_shards_like_one_device(tmp_path, kill_switch):
     from kipjax.optim import task_sensitivity_combiner
     gin.bind_parameter("Checkpointer.every_steps", 3)

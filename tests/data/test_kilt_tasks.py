@@ -72,6 +72,7 @@ def test_each_task_streams_its_training_queries(demo):
             assert int(streamed[i]["positive"]) == task.positives[i] and int(streamed[i]["query_index"]) == i
 
 
+@pytest.mark.slow
 def test_the_composed_feed_holds_each_tasks_share_in_task_order(demo):
     gin.clear_config()
     composition = kilt_tasks.kilt_batch_composition(data=taco_data.demo_kilt_data(), total=32, prefix="demo_kilt")

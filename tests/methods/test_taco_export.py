@@ -27,7 +27,8 @@ def t5model_embeddings(path: Path, ids: np.ndarray) -> np.ndarray:
     return out.last_hidden_state[:, 0].numpy()
 
 
-@pytest.mark.parametrize("query_encoder", ["shared", pytest.param("per_task", marks=pytest.mark.slow)])
+@pytest.mark.slow  # a T5 checkpoint, two exports and transformers loads: about 25 s each
+@pytest.mark.parametrize("query_encoder", ["shared", "per_task"])
 def test_exported_encoders_embed_as_the_method_does(query_encoder, tmp_path, monkeypatch, save_initial_checkpoint):
     monkeypatch.chdir(REPO)  # gin includes are relative to the repository root
     bindings = [*TINY, f"TacoRetrieval.query_encoder = '{query_encoder}'"]

@@ -84,6 +84,7 @@ def test_the_batch_gathers_positive_and_picked_negative_tokens(method):
     np.testing.assert_array_equal(batch["passage_mask"], tokens != 0)
 
 
+@pytest.mark.slow
 def test_task_loss_is_nce_over_the_tasks_own_passages(method, params):
     rng = np.random.default_rng(1)
     sizes = method.batch_sizes
