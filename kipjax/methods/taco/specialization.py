@@ -190,7 +190,8 @@ def sensitivity_density(values: np.ndarray, max_mads: float = 5.0, points: int =
     kde = gaussian_kde(kept)
     bandwidth = float(np.sqrt(kde.covariance[0, 0]))
     x = np.linspace(kept.min() - 3 * bandwidth, kept.max() + 3 * bandwidth, points)
-    return {"x": x.tolist(), "density": kde(x).tolist(), "kept": int(kept.size), "dropped": int(values.size - kept.size)}
+    return {"x": x.tolist(), "density": kde(x).tolist(), "kept": int(kept.size),
+            "dropped": int(values.size - kept.size)}
 
 
 # -------------------------------------------------------------------------------------------- figures
