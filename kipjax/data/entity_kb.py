@@ -53,6 +53,9 @@ class EntityKB:
         except KeyError:
             raise KeyError(f"title {title!r} is not in the entity KB ({len(self)} entities)") from None
 
+    def __contains__(self, title: object) -> bool:
+        return title in self._index
+
     def __len__(self) -> int:
         return len(self.titles)
 
