@@ -36,7 +36,8 @@ setup(
     packages=find_packages(include=["kipjax", "kipjax.*", "tasks", "tasks.*"]),
     # The bundled demo dataset (documents/, mentions/, tokenizer/) ships inside the package.
     package_data={"kipjax.data": ["demo_zeshel/*/*", "demo_coref/*", "demo_coref/*/*", "demo_docred/*", "demo_docred/*/*",
-                                  "demo_kilt/*", "demo_kilt/*/*", "demo_entqa/*"]},
+                                  "demo_kilt/*", "demo_kilt/*/*", "demo_entqa/*",
+                                  "demo_entqa/*/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # torch (CPU build) is only needed for parity tests against transformers' PyTorch models.

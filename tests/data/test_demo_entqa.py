@@ -14,6 +14,7 @@ from kipjax.data.aida import gold_links, read_aida
 from kipjax.data.bundled import differing_files
 from kipjax.data.entity_kb import read_kilt_entities
 from kipjax.data.nif import read_nif
+from kipjax.models.hf import load_tokenizer
 
 SPLITS = tuple(demo_entqa.SPLIT_SIZES)
 TOPICS = {story.topic for story in demo_entqa.STORIES.values()}
@@ -157,3 +158,14 @@ def test_a_surface_prior_links_only_part_of_testa_and_the_descriptions_resolve_m
     assert scores["prior"] < scores["topic_prior"] < 0.8, scores  # the topic word helps, but is not enough
     assert scores["ambiguous_share"] > 0.4, scores
     assert scores["descriptions_on_ambiguous"] > scores["prior_on_ambiguous"] + 0.15, scores
+
+
+def test_the_tokenizer_spells_every_word_and_has_entqa_markers():
+    tokenizer = load_tokenizer(demo_entqa.demo_entqa_path("tokenizer"))
+    for marker in ("[unused1]", "[unused2]"):
+        assert tokenizer.convert_tokens_to_ids(marker) not in (None, tokenizer.unk_token_id)
+    texts = [d.text for d in read_aida(demo_entqa.demo_entqa_path("aida_testa.tsv"))[:5]]
+    texts += read_kilt_entities(demo_entqa.demo_entqa_path("kb.jsonl")).descriptions[:50]
+    for text in texts:
+        pieces = tokenizer.tokenize(text)
+        assert "[UNK]" not in pieces and not any(p.startswith("##") for p in pieces)  # every word one piece

@@ -5,17 +5,15 @@ import pytest
 from kipjax.data import aida
 from kipjax.data.demo_entqa import demo_entqa_path
 from kipjax.data.entity_kb import read_kilt_entities
-from kipjax.data.tokenizer import save_wordpiece_tokenizer, word_vocabulary
 from kipjax.methods.entqa import data, inputs
+from kipjax.models.hf import load_tokenizer
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo():
     kb = read_kilt_entities(demo_entqa_path("kb.jsonl"))
     documents = [aida.gold_links(d) for d in aida.read_aida(demo_entqa_path("aida_testa.tsv"))]
-    vocab = word_vocabulary([d["text"] for d in documents] + kb.titles)
-    vocab = vocab[:5] + ["[unused1]", "[unused2]"] + vocab[5:]
-    return kb, documents, save_wordpiece_tokenizer(vocab, tmp_path_factory.mktemp("entqa_demo_tok"))
+    return kb, documents, load_tokenizer(demo_entqa_path("tokenizer"))
 
 
 def test_passages_hold_the_kb_rows_and_spans_of_their_mentions(demo):
