@@ -63,6 +63,7 @@ def test_index_needs_something_to_write(tmp_path, capsys):
                                     "coref/t0_3b.gin", "coref/flan_t5_xl.gin", "lmrc/demo_rcp.gin", "lmrc/demo_rc.gin",
                                     "lmrc/docred_rcp_roberta_large.gin", "lmrc/docred_rc_llama3_2_3b.gin",
                                     "lmrc/docred_rc_llama3_1_8b.gin", "taco/demo.gin", "taco/kilt_t5_base.gin",
+                                    "entqa/demo_retriever.gin",
                                     *sorted(f"taco/ablations/{p.name}" for p in
                                             (REPO / "gin_configs/taco/ablations").glob("*.gin"))])
 def test_every_config_composes_with_every_run_file(config, run_file):
