@@ -290,20 +290,3 @@ def test_command_on_a_freshly_initialised_checkpoint(tmp_path, in_repo, save_ini
     assert "fresh (step 0, 3 batches" in out
     result = check_outputs(tmp_path / "out", "fresh", ["el", "qa"])
     assert result["step"] == 0 and result["batches"] == 3 and result["settings"]["tau"] == 2.0
-
-
-@pytest.mark.slow
-def test_command_on_a_short_staged_taco_run(tmp_path, in_repo):
-    """A short real run (a warmup epoch, then one adaptive episode): the command finds the staged MODEL_DIR's
-    last stage and its step."""
-    model_dir = tmp_path / "taco"
-    common = [f"--gin_file={DEMO}", *(f"--gin.{b.replace(' ', '')}" for b in TINY),
-              "--gin.TacoRetrieval.warmup_epochs=1", "--gin.TacoRetrieval.episodes=1"]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    train = subprocess.run([sys.executable, "-m", "kipjax.train", *common, f"--gin.MODEL_DIR='{model_dir}'"],
-                           cwd=REPO, capture_output=True, text=True, env=env)
-    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
-    run_command(*common, f"--checkpoint={model_dir}", f"--out={tmp_path / 'out'}", "--batches=2", "--label=taco")
-    result = check_outputs(tmp_path / "out", "taco", ["qa", "fc", "sf", "el"])
-    steps = json.loads((model_dir / "stages.json").read_text())["stages"][-1]["train_steps"]
-    assert result["model_dir"].endswith("episode_1") and result["step"] == steps
