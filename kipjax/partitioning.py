@@ -93,6 +93,13 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
+def current_mesh() -> Mesh:
+    """The mesh made current by `activate` (the Trainer does so around hooks and evaluation), else one over all
+    devices (e.g. `python -m kipjax.evaluate`, which calls `Method.evaluate` outside a Trainer)."""
+    mesh = jax.sharding.get_mesh()
+    return make_mesh() if mesh.empty else mesh
+
+
 def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: LogicalRules, shapes: Any = None) -> Any:
     """Maps a pytree of logical PartitionSpecs (axis names) to NamedShardings on `mesh`.
 

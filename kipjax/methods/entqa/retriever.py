@@ -223,8 +223,7 @@ class EntqaRetriever(Method):
     def retrieve(self, params: Params, ids: np.ndarray, mask: np.ndarray, k: int,
                  exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k KB rows ([Q, k] scores and rows) for passages, `exclude` rows ([Q, G], -1 padded) left out."""
-        mesh = jax.sharding.get_mesh()
-        mesh = partitioning.make_mesh() if mesh.empty else mesh
+        mesh = partitioning.current_mesh()
         local, layout = corpus_encoding.encode_corpus(self._encode_entities, params, self.entity_ids,
                                                       self.entity_mask, mesh=mesh, batch_size=self.encode_batch_size,
                                                       desc="encode entities")

@@ -44,7 +44,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh
 
 from kipjax import partitioning
 from kipjax.data.padding import pad_rows
@@ -337,17 +336,12 @@ class TacoRetrieval(Method):
     def _encode(self, params: Params, ids: jax.Array, mask: jax.Array) -> jax.Array:
         return self._embed(params, ids, mask, None)
 
-    def _mesh(self) -> Mesh:
-        """The run's mesh (the Trainer makes it current around hooks and evaluation), else one over all devices."""
-        mesh = jax.sharding.get_mesh()
-        return partitioning.make_mesh() if mesh.empty else mesh
-
     def encode_passages(self, params: Params) -> tuple[np.ndarray, corpus_encoding.CorpusLayout]:
         """This host's rows of the encoded corpus and the layout (`corpus_encoding.encode_corpus`), written under
         `encoding_dir` (resumable, and reused by the next call with the same passage encoder) when set."""
         passage_params = self.passage_params(params)
         return corpus_encoding.encode_corpus(
-            self._encode, passage_params, self.data.passage_ids, None, mesh=self._mesh(),
+            self._encode, passage_params, self.data.passage_ids, None, mesh=partitioning.current_mesh(),
             batch_size=self.encode_batch_size, out_dir=self.encoding_dir,
             fingerprint=f"{params_fingerprint(passage_params)} {os.path.abspath(self.data.settings.passages_file)}",
             desc="encode passages")
@@ -356,7 +350,7 @@ class TacoRetrieval(Method):
         """Task `task`'s queries, with that task's query encoder, [Q, H] on every host."""
         ids = pad_rows(query_ids, max(len(q) for q in query_ids))
         return corpus_encoding.encode_everywhere(self._encode, self.query_params(params, task), ids, None,
-                                                 mesh=self._mesh(),
+                                                 mesh=partitioning.current_mesh(),
                                                  batch_size=self.encode_batch_size, desc=desc)
 
     def search(self, queries: np.ndarray, passages: tuple[np.ndarray, corpus_encoding.CorpusLayout], k: int,
@@ -366,7 +360,7 @@ class TacoRetrieval(Method):
         local, layout = passages
         if self.search_kind == "scann":
             return corpus_encoding.scann_search(queries, local, layout, k, exclude=gold)
-        mesh = self._mesh()
+        mesh = partitioning.current_mesh()
         table = corpus_encoding.device_table(local, layout, mesh, COMPUTE_DTYPES[self.table_dtype])
         return corpus_encoding.exact_search(queries, table, layout, mesh, k, exclude=gold,
                                             query_batch=self.encode_batch_size, chunk_size=self.chunk_size)
