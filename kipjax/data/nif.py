@@ -29,9 +29,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import pathlib
 import re
 import sys
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import quote, unquote
 
 import rdflib
@@ -82,6 +83,11 @@ def wikipedia_url(title: str) -> str:
     return WIKIPEDIA_URL + quote(title.replace(" ", "_"), safe=_TITLE_SAFE)
 
 
+def dbpedia_url(title: str) -> str:
+    """The DBpedia resource URI of `title`, quoted as `wikipedia_url` quotes it."""
+    return DBPEDIA_PREFIXES[0] + quote(title.replace(" ", "_"), safe=_TITLE_SAFE)
+
+
 def _uri_order(uri: str) -> list[Any]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", uri)]
 
@@ -118,36 +124,45 @@ def _phrase_title(graph: rdflib.Graph, phrase: URIRef, where: str, title_map: Ma
     return titles.pop() if titles else None
 
 
-def read_nif(path: str, title_map: Mapping[str, str] | None = None) -> list[NifDocument]:
-    """The documents of a NIF Turtle file (see the module docstring), sorted by context URI."""
+def parse_nif(text: str, where: str, title_map: Mapping[str, str] | None = None,
+              base: str | None = None) -> list[NifDocument]:
+    """The documents of NIF Turtle `text` (see the module docstring), sorted by context URI; errors (ValueError)
+    begin with `where`. Relative IRIs resolve against `base` (rdflib's default, the working directory, if None)."""
     title_map = title_map or {}
     graph = rdflib.Graph()
     try:
-        graph.parse(path, format="turtle")
+        graph.parse(data=text, format="turtle", publicID=base)
     except BadSyntax as e:
         why = str(e).split("\n", 1)[-1].split(" at ^ in:", 1)[0]  # "Bad syntax (...)", without rdflib's excerpt
-        raise ValueError(f"{path}:{e.lines + 1}: invalid Turtle: {why}") from None
+        raise ValueError(f"{where}:{e.lines + 1}: invalid Turtle: {why}") from None
     contexts = set(graph.subjects(NIF.isString)) | set(graph.subjects(RDF.type, NIF.Context))
     texts, links = {}, {}
     for context in contexts:
-        text = _one(graph, context, NIF.isString, f"{path}: context <{context}>")
+        text = _one(graph, context, NIF.isString, f"{where}: context <{context}>")
         texts[context], links[context] = str(text), []
     for phrase in set(graph.subjects(NIF.referenceContext)):
-        where = f"{path}: phrase <{phrase}>"
-        context = _one(graph, phrase, NIF.referenceContext, where)
+        here = f"{where}: phrase <{phrase}>"
+        context = _one(graph, phrase, NIF.referenceContext, here)
         if context not in texts:
-            raise ValueError(f"{where}: its referenceContext <{context}> is no nif:Context with nif:isString")
-        begin, end = _index(graph, phrase, NIF.beginIndex, where), _index(graph, phrase, NIF.endIndex, where)
+            raise ValueError(f"{here}: its referenceContext <{context}> is no nif:Context with nif:isString")
+        begin, end = _index(graph, phrase, NIF.beginIndex, here), _index(graph, phrase, NIF.endIndex, here)
         text = texts[context]
         if not 0 <= begin < end <= len(text):
-            raise ValueError(f"{where}: span {begin}..{end} is not 0 <= begin < end <= {len(text)} (its text's length)")
+            raise ValueError(f"{here}: span {begin}..{end} is not 0 <= begin < end <= {len(text)} (its text's length)")
         anchors = [str(a) for a in graph.objects(phrase, NIF.anchorOf)]
         if any(anchor != text[begin:end] for anchor in anchors):
-            raise ValueError(f"{where}: anchorOf {anchors[0]!r:.60} differs from the text at {begin}..{end}, "
+            raise ValueError(f"{here}: anchorOf {anchors[0]!r:.60} differs from the text at {begin}..{end}, "
                              f"{text[begin:end]!r:.60}")
-        links[context].append((begin, end, _phrase_title(graph, phrase, where, title_map)))
+        links[context].append((begin, end, _phrase_title(graph, phrase, here, title_map)))
     return [NifDocument(str(c), texts[c], sorted(links[c], key=lambda link: link[:2]))
             for c in sorted(texts, key=lambda c: _uri_order(str(c)))]
+
+
+def read_nif(path: str, title_map: Mapping[str, str] | None = None) -> list[NifDocument]:
+    """The documents of a NIF Turtle file (`parse_nif`; relative IRIs resolve against the file's location)."""
+    with open(path, encoding="utf-8-sig") as f:
+        text = f.read()
+    return parse_nif(text, path, title_map, base=pathlib.Path(path).absolute().as_uri())
 
 
 def _context_uri(doc: NifDocument, base: str) -> str:
@@ -157,10 +172,11 @@ def _context_uri(doc: NifDocument, base: str) -> str:
     return f"{base.rstrip('/')}/{quote(doc.id, safe='')}#char=0,{len(doc.text)}"
 
 
-def write_nif(documents: Sequence[NifDocument], path: str, base: str = "http://kipjax.example/doc") -> None:
-    """`documents` as NIF Turtle GERBIL reads (module docstring), written atomically. A document's context URI
-    is its id when that is a URI, else made from `base` and the id; phrases are `<doc>#char=begin,end`. A link
-    without a title is a phrase without taIdentRef."""
+def nif_turtle(documents: Sequence[NifDocument], base: str = "http://kipjax.example/doc",
+               entity_url: Callable[[str], str] = wikipedia_url) -> str:
+    """`documents` as NIF Turtle GERBIL reads (module docstring). A document's context URI is its id when that is
+    a URI (so documents read back keep theirs), else made from `base` and the id; phrases are
+    `<doc>#char=begin,end`. A link's taIdentRef is `entity_url(title)`; a link without a title has none."""
     graph = rdflib.Graph()
     graph.bind("nif", NIF)
     graph.bind("itsrdf", ITSRDF)
@@ -192,8 +208,13 @@ def write_nif(documents: Sequence[NifDocument], path: str, base: str = "http://k
             graph.add((phrase, NIF.beginIndex, Literal(begin, datatype=XSD.nonNegativeInteger)))
             graph.add((phrase, NIF.endIndex, Literal(end, datatype=XSD.nonNegativeInteger)))
             if title is not None:
-                graph.add((phrase, ITSRDF.taIdentRef, URIRef(wikipedia_url(title))))
-    atomic_write_text(path, graph.serialize(format="turtle"))
+                graph.add((phrase, ITSRDF.taIdentRef, URIRef(entity_url(title))))
+    return graph.serialize(format="turtle")
+
+
+def write_nif(documents: Sequence[NifDocument], path: str, base: str = "http://kipjax.example/doc") -> None:
+    """`documents` as NIF Turtle (`nif_turtle`, Wikipedia URLs), written atomically."""
+    atomic_write_text(path, nif_turtle(documents, base))
 
 
 def gold_links(doc: NifDocument) -> dict[str, Any]:
