@@ -11,9 +11,6 @@ carries mention tokens, the gold id and its row index, and the jitted step gathe
 """
 from __future__ import annotations
 
-import json
-import os
-import time
 from typing import Any, Mapping, Sequence
 
 import gin
@@ -31,7 +28,6 @@ from kipjax.metrics import retrieval as retrieval_metrics
 from kipjax.methods.encoder_setup import setup_encoder, with_pretrained_encoders
 from kipjax.models.bert import BertConfig, BertEncoder
 from kipjax.retrieval import index, negatives, nce, score
-from kipjax.run_log import atomic_save_npy, atomic_write_text
 
 NEGATIVE_KINDS = ("random", "hard", "mixed")
 
@@ -314,28 +310,8 @@ class HardNCERetrieval(Method):
         mentions, entities, _, entity_ids = self._split_records(split)
         entity_vecs = np.asarray(self.encode_table(params, entities, entities=True)[0][:, 0], np.float32)
         queries = np.asarray(self.encode_table(params, mentions, entities=False)[0][:, 0], np.float32)
-        os.makedirs(out_dir, exist_ok=True)
-        atomic_save_npy(os.path.join(out_dir, "embeddings.npy"), entity_vecs)
         worlds = np.asarray(entities["entity_world"]).tolist()
-        atomic_write_text(os.path.join(out_dir, "entities.json"),
-                          json.dumps([{"document_id": d, "world": w} for d, w in zip(entity_ids, worlds)]))
-
-        exact_fn = jax.jit(lambda q, e: index.chunked_topk(index.dot_product_score, q, e, k,
-                                                           chunk_size=self.chunk_size)[1])
-        jax.block_until_ready(exact_fn(queries[:1], entity_vecs))  # compile outside the timing
-        start = time.perf_counter()
-        exact = np.asarray(exact_fn(queries, entity_vecs))
-        exact_seconds = time.perf_counter() - start
-        scann = index.ScannIndex.build(entity_vecs)
-        start = time.perf_counter()
-        _, approx = scann.search(queries, k)
-        scann_seconds = time.perf_counter() - start
-        scann.save(os.path.join(out_dir, "scann"))
-        overlap = np.mean([len(set(a) & set(e)) / k for a, e in zip(approx.tolist(), exact.tolist())])
-        report = {"split": split, "num_entities": len(entity_vecs), "num_queries": len(queries),
-                  f"scann_recall@{k}_vs_exact": float(overlap),
-                  "exact_queries_per_second": len(queries) / exact_seconds,
-                  "scann_queries_per_second": len(queries) / scann_seconds}
-        atomic_write_text(os.path.join(out_dir, "index_report.json"), json.dumps(report, indent=2))
-        return report
+        return index.export_scann_index(out_dir, entity_vecs, queries,
+                                        [{"document_id": d, "world": w} for d, w in zip(entity_ids, worlds)],
+                                        {"split": split}, k=k, chunk_size=self.chunk_size)
 

@@ -247,6 +247,23 @@ def scann_search(queries: np.ndarray, local_rows: np.ndarray, layout: CorpusLayo
     return best.astype(np.float32), np.where(np.isfinite(best), best_ids, -1).astype(np.int32)
 
 
+SEARCH_KINDS = ("exact", "scann")
+
+
+def search_corpus(kind: str, queries: np.ndarray, local_rows: np.ndarray, layout: CorpusLayout, mesh: Mesh, k: int,
+                  *, exclude: np.ndarray | None = None, table_dtype: jnp.dtype = jnp.float32, query_batch: int = 1024,
+                  chunk_size: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """`exact_search` over the rows placed on the devices (in `table_dtype`) or `scann_search` over each host's
+    rows, as `kind` says; what a method's `search` binding chooses between."""
+    if kind not in SEARCH_KINDS:
+        raise ValueError(f"search kind must be one of {SEARCH_KINDS}, got {kind!r}")
+    if kind == "scann":
+        return scann_search(queries, local_rows, layout, k, exclude=exclude)
+    table = device_table(local_rows, layout, mesh, table_dtype)
+    return exact_search(queries, table, layout, mesh, k, exclude=exclude, query_batch=query_batch,
+                        chunk_size=chunk_size)
+
+
 def _pad_columns(scores: np.ndarray, ids: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
     missing = width - scores.shape[1]
     if missing <= 0:

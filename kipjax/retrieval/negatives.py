@@ -96,3 +96,15 @@ def mix_negatives(hard: Array, random: Array, p: float) -> Array:
     order = jnp.argsort(in_hard | repeated, axis=-1, stable=True)
     kept_random = jnp.take_along_axis(random, order, axis=-1)[:, :num - num_hard]
     return jnp.concatenate([kept_hard, kept_random], axis=-1).astype(jnp.int32)
+
+
+def sample_from_pool(rng: Array, pool: Array, num: int, fallback: Array) -> Array:
+    """`num` entries per row drawn uniformly without replacement from `pool` [B, P] (-1 = empty slot): the
+    pool's entries in the order of iid uniform keys. Rows with fewer than `num` entries are topped up from
+    `fallback` [B, num] (e.g. random negatives). -> int32 [B, num]."""
+    keys = jnp.where(pool >= 0, jax.random.uniform(rng, pool.shape), -1.0)
+    order = jnp.argsort(-keys, axis=-1)[:, :num]
+    drawn = jnp.take_along_axis(pool, order, axis=-1)
+    if drawn.shape[1] < num:
+        drawn = jnp.pad(drawn, ((0, 0), (0, num - drawn.shape[1])), constant_values=-1)
+    return jnp.where(drawn >= 0, drawn, fallback).astype(jnp.int32)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from kipjax.retrieval.negatives import (gumbel_perturb, mix_negatives, sample_hard_negatives, sample_random_negatives,
-                                        topk_negatives)
+from kipjax.retrieval.negatives import (gumbel_perturb, mix_negatives, sample_from_pool, sample_hard_negatives,
+                                        sample_random_negatives, topk_negatives)
 
 # Hard-negative sampling test case: index 3 (the best) is excluded, so draws come from {0, 1, 2, 4}.
 SCORES = np.array([1.0, 0.0, -0.5, 2.0, 0.3])
@@ -144,3 +144,18 @@ def test_mix_avoids_collisions():
     np.testing.assert_array_equal(mix_negatives(hard, random, 0.5), [[10, 11, 12, 1, 2, 3]])
     with pytest.raises(ValueError, match="p must be"):
         mix_negatives(hard, random, 1.5)
+
+
+def test_pool_draws_are_uniform_without_replacement_and_topped_up():
+    pool = jnp.array([[4, 9, 2, 7, -1, -1], [5, -1, -1, -1, -1, -1]])
+    fallback = jnp.array([[100, 101, 102], [200, 201, 202]])
+    counts = np.zeros(10)
+    for seed in range(400):
+        drawn = np.asarray(sample_from_pool(jax.random.key(seed), pool, 3, fallback))
+        assert len(set(drawn[0])) == 3 and set(drawn[0]) <= {4, 9, 2, 7}  # distinct, from the pool
+        assert drawn[1].tolist() == [5, 201, 202]  # one entry, then the fallback's slots
+        counts[drawn[0]] += 1
+    # each of the 4 entries is in a draw of 3 with probability 3/4: 300 of 400 expected
+    assert np.all(np.abs(counts[[2, 4, 7, 9]] - 300) < 40)
+    short = np.asarray(sample_from_pool(jax.random.key(0), pool[:, :2], 3, fallback))  # a narrower pool
+    assert short[0, 2] == 102 and set(short[0, :2]) == {4, 9}

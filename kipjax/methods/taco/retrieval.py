@@ -63,7 +63,6 @@ from kipjax.stages import Stage
 
 NO_PASSAGE = -1
 QUERY_ENCODERS = ("shared", "per_task")
-SEARCH_KINDS = ("exact", "scann")
 PASSAGE_ENCODER = "passages"
 
 
@@ -193,8 +192,8 @@ class TacoRetrieval(Method):
         self.pools = [np.full((len(t.train), negative_pool), NO_PASSAGE, np.int32) for t in self.data.tasks]
         self.picked = [np.zeros((len(t.train), hard_negatives), np.int32) for t in self.data.tasks]
         self.query_encoder = query_encoder
-        if search not in SEARCH_KINDS:
-            raise ValueError(f"TacoRetrieval.search must be one of {SEARCH_KINDS}, got {search!r}")
+        if search not in corpus_encoding.SEARCH_KINDS:
+            raise ValueError(f"TacoRetrieval.search must be one of {corpus_encoding.SEARCH_KINDS}, got {search!r}")
         if table_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"TacoRetrieval.table_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {table_dtype!r}")
         self.search_kind, self.table_dtype, self.encoding_dir = search, table_dtype, encoding_dir
@@ -358,12 +357,9 @@ class TacoRetrieval(Method):
         """Top-k passage rows per query ([Q, k], -1 where fewer exist), `gold` rows excluded: exact on the
         devices (the table sharded over the mesh) or with ScaNN on each host's rows (`search`)."""
         local, layout = passages
-        if self.search_kind == "scann":
-            return corpus_encoding.scann_search(queries, local, layout, k, exclude=gold)
-        mesh = partitioning.current_mesh()
-        table = corpus_encoding.device_table(local, layout, mesh, COMPUTE_DTYPES[self.table_dtype])
-        return corpus_encoding.exact_search(queries, table, layout, mesh, k, exclude=gold,
-                                            query_batch=self.encode_batch_size, chunk_size=self.chunk_size)
+        return corpus_encoding.search_corpus(self.search_kind, queries, local, layout, partitioning.current_mesh(),
+                                             k, exclude=gold, table_dtype=COMPUTE_DTYPES[self.table_dtype],
+                                             query_batch=self.encode_batch_size, chunk_size=self.chunk_size)
 
     # ------------------------------------------------------------------------------------------ evaluate
 
