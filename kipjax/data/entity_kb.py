@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from kipjax.data.jsonl import json_lines, required_field
 from kipjax.run_log import track
@@ -52,6 +53,11 @@ class EntityKB:
             return self._index[title]
         except KeyError:
             raise KeyError(f"title {title!r} is not in the entity KB ({len(self)} entities)") from None
+
+    @property
+    def rows(self) -> Mapping[str, int]:
+        """A read-only title -> entity index map (e.g. for reading candidate files)."""
+        return types.MappingProxyType(self._index)
 
     def __contains__(self, title: object) -> bool:
         return title in self._index

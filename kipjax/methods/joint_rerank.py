@@ -61,6 +61,18 @@ def pack_pairs(mention_ids: jax.Array, mention_mask: jax.Array, entity_ids: jax.
     return input_ids, attention_mask, token_type_ids
 
 
+def init_cross_encoder(model: nn.Module, rng: jax.Array, first_ids: jax.Array, first_mask: jax.Array,
+                       tables: Mapping[str, jax.Array], pretrained: Params | None) -> Params:
+    """Parameters of a cross-encoder whose submodule `encoder` reads `pack_pairs` of a first segment and an
+    entity row of `tables`, the encoder's taken from `pretrained` when given."""
+    ids, mask, types = pack_pairs(first_ids[:1], first_mask[:1], tables["entity_input_ids"][:1][None],
+                                  tables["entity_attention_mask"][:1][None])
+    params = model.init(rng, ids[0], mask[0], types[0])["params"]
+    if pretrained is not None:
+        params = with_pretrained_encoders(params, pretrained, model.config.vocab_size, ("encoder",))
+    return params
+
+
 class CrossEncoder(nn.Module):
     """BERT over a packed (mention, entity) pair -> one score from the first token: w^T dropout(E_1) + b."""
 
@@ -154,14 +166,8 @@ class JointReranker(Method):
         return self._entity_table
 
     def init(self, rng: jax.Array, batch: Mapping[str, Any]) -> Params:
-        t = batch["tables"]
-        ids, mask, types = pack_pairs(batch["mention_input_ids"][:1], batch["mention_attention_mask"][:1],
-                                      t["entity_input_ids"][:1][None], t["entity_attention_mask"][:1][None])
-        params = self.model.init(rng, ids[0], mask[0], types[0])["params"]
-        if self.pretrained_params is not None:
-            params = with_pretrained_encoders(params, self.pretrained_params, self.model.config.vocab_size,
-                                              ("encoder",))
-        return params
+        return init_cross_encoder(self.model, rng, batch["mention_input_ids"], batch["mention_attention_mask"],
+                                  batch["tables"], self.pretrained_params)
 
     def _scores(self, params: Params, mention_ids: jax.Array, mention_mask: jax.Array, cand_ids: jax.Array,
                 cand_mask: jax.Array, valid: jax.Array, deterministic: bool = True,

@@ -1,9 +1,11 @@
 """EntQA's token layouts, checked token by token on a small BERT-style vocabulary with the reserved markers."""
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from kipjax.data.tokenizer import SPECIAL_TOKENS, save_wordpiece_tokenizer
 from kipjax.methods.entqa import inputs
+from kipjax.methods.joint_rerank import pack_pairs
 
 WORDS = ["varn", "beat", "tolbek", "river", "city", "in", "arvenia", "a", "the", "soccer"]
 
@@ -35,20 +37,30 @@ def test_the_retriever_passage_carries_the_topic_after_a_marker(tokenizer):
     assert len(inputs.retriever_passage(tokenizer, p, ids(tokenizer, "soccer"), 5)) == 5
 
 
-def test_the_reader_pairs_passage_and_entity_with_types_and_the_answer_mask(tokenizer):
+def test_the_reader_pairs_passage_and_entity_with_types(tokenizer):
     p = ids(tokenizer, "varn", "beat", "tolbek")
-    entity = inputs.entity_tokens(tokenizer, ["Varn"], ["a city in Arvenia"], 12)[0]
-    pair = inputs.reader_input(tokenizer, p, ids(tokenizer, "soccer"), entity, max_tokens=14)
+    first = inputs.reader_first_part(tokenizer, p, ids(tokenizer, "soccer"), 8)
+    assert first == ids(tokenizer, "[CLS]", "varn", "beat", "tolbek", "[unused1]", "soccer", "[SEP]")
+    entity = inputs.entity_tokens(tokenizer, ["Varn"], ["a city in Arvenia"], 9)
+    pad = lambda row, n: np.array([row + [tokenizer.pad_token_id] * (n - len(row))])
+    pair, mask, types = (np.asarray(x)[0, 0] for x in pack_pairs(
+        jnp.asarray(pad(first, 8)), jnp.asarray(pad([1] * len(first), 8)), jnp.asarray(entity[None]),
+        jnp.asarray((entity != tokenizer.pad_token_id)[None].astype(np.int32))))
     expected = ids(tokenizer, "[CLS]", "varn", "beat", "tolbek", "[unused1]", "soccer", "[SEP]",
                    "varn", "[unused2]", "a", "city", "in", "arvenia", "[SEP]")
-    assert pair.input_ids.tolist() == expected
-    assert pair.token_type_ids.tolist() == [0] * 7 + [1] * 7 and pair.attention_mask.tolist() == [1] * 14
-    assert pair.answer_mask.tolist() == [True] * 4 + [False] * 10  # [CLS] and the three passage pieces
-    cut = inputs.reader_input(tokenizer, p, [], entity, max_tokens=8)  # the entity is cut, the passage is not
-    assert cut.input_ids.tolist() == ids(tokenizer, "[CLS]", "varn", "beat", "tolbek", "[SEP]", "varn",
-                                         "[unused2]", "a")
-    with pytest.raises(ValueError, match="more than the reader's 4"):
-        inputs.reader_input(tokenizer, p, [], entity, max_tokens=4)
+    assert pair.tolist() == expected + [0] * 2 and mask.tolist() == [1] * 14 + [0] * 2
+    assert types.tolist() == [0] * 7 + [1] * 7 + [0] * 2
+
+
+def test_the_reader_cuts_the_topic_never_the_passage(tokenizer):
+    p = ids(tokenizer, "varn", "beat", "tolbek")
+    topic = ids(tokenizer, "the", "soccer")
+    assert inputs.reader_first_part(tokenizer, p, topic, 7) == ids(
+        tokenizer, "[CLS]", "varn", "beat", "tolbek", "[unused1]", "the", "[SEP]")
+    assert inputs.reader_first_part(tokenizer, p, topic, 6) == ids(tokenizer, "[CLS]", "varn", "beat", "tolbek",
+                                                                   "[SEP]")  # a marker without a topic is dropped
+    with pytest.raises(ValueError, match="does not fit"):
+        inputs.reader_first_part(tokenizer, p, [], 4)
 
 
 def test_a_tokenizer_without_the_markers_is_refused(tmp_path):

@@ -79,7 +79,7 @@ def test_mining_and_recall_use_the_models_own_ranking(method):
     assert 0.0 <= metrics["recall@1"] <= metrics["recall@10"] <= metrics["recall@100"] <= 1.0
     # recall@k counted by hand from a brute-force ranking of the same encodings
     labelled = [e for e in method.eval if e.gold_entities]
-    ids, mask = method._passage_arrays(labelled)
+    ids, mask = method.passage_arrays(labelled)
     _, top = method.retrieve(params, ids, mask, 10)
     found = sum(len(set(e.gold_entities) & set(r.tolist())) for e, r in zip(labelled, top))
     assert metrics["recall@10"] == pytest.approx(found / sum(len(e.gold_entities) for e in labelled))

@@ -4,13 +4,13 @@ reserved `[unused1]` / `[unused2]` tokens, which a tokenizer for EntQA must have
 - entity (retriever and reader): `[CLS] title [unused2] description [SEP]`, cut to 128 pieces (BLINK's
   candidate representation);
 - passage for the retriever: `[CLS] p [SEP] [unused1] topic`, cut to its budget (no closing [SEP]);
-- reader input: `[CLS] p [unused1] topic [SEP] title [unused2] description [SEP]`, at most 180 pieces, with
-  token type 0 up to and including the first [SEP] and 1 after it. Spans may start and end only at [CLS]
-  (position 0, the "no mention" span) and the passage's pieces (positions 1 .. |p|).
+- reader input: `[CLS] p [unused1] topic [SEP] title [unused2] description [SEP]`, at most 180 pieces (the
+  first segment gets 180 - 128 + 1 = 53, the entity the rest), with token type 0 up to and including the
+  first [SEP] and 1 after it. Spans may start and end only at [CLS] (position 0, the "no mention" span) and
+  the passage's pieces (positions 1 .. |p|).
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import numpy as np
@@ -46,6 +46,13 @@ def entity_tokens(tokenizer: Any, titles: Sequence[str], descriptions: Sequence[
     return table
 
 
+def entity_table(tokenizer: Any, titles: Sequence[str], descriptions: Sequence[str],
+                 max_tokens: int = ENTITY_TOKENS) -> tuple[np.ndarray, np.ndarray]:
+    """`entity_tokens` and its attention mask ([E, max_tokens] int32 each)."""
+    ids = entity_tokens(tokenizer, titles, descriptions, max_tokens)
+    return ids, (ids != tokenizer.pad_token_id).astype(np.int32)
+
+
 def retriever_passage(tokenizer: Any, passage_ids: Sequence[int], topic_ids: Sequence[int],
                       max_tokens: int) -> list[int]:
     """The retriever's passage input (module docstring): the topic only when there is one."""
@@ -55,30 +62,15 @@ def retriever_passage(tokenizer: Any, passage_ids: Sequence[int], topic_ids: Seq
     return row[:max_tokens]
 
 
-@dataclasses.dataclass(frozen=True)
-class ReaderInput:
-    input_ids: np.ndarray  # [L] int32, pad-padded
-    token_type_ids: np.ndarray  # [L] int32
-    attention_mask: np.ndarray  # [L] int32
-    answer_mask: np.ndarray  # [L] bool: [CLS] and the passage's pieces
-
-
-def reader_input(tokenizer: Any, passage_ids: Sequence[int], topic_ids: Sequence[int], entity_row: np.ndarray,
-                 max_tokens: int = READER_TOKENS) -> ReaderInput:
-    """One (passage, candidate) pair for the reader (module docstring). `entity_row` is the candidate's row of
-    `entity_tokens` (its [CLS] is dropped, its [SEP] kept); the entity is cut if the whole exceeds
-    `max_tokens`, the passage never is."""
-    first = [tokenizer.cls_token_id, *passage_ids]
-    if topic_ids:
-        first += [marker_id(tokenizer, TOPIC_MARKER), *topic_ids]
-    first.append(tokenizer.sep_token_id)
-    if len(first) >= max_tokens:
-        raise ValueError(f"passage and topic take {len(first)} pieces, more than the reader's {max_tokens}")
-    entity = [int(t) for t in entity_row[1:] if t != tokenizer.pad_token_id][:max_tokens - len(first)]
-    ids = np.full(max_tokens, tokenizer.pad_token_id, np.int32)
-    ids[:len(first) + len(entity)] = first + entity
-    types = np.zeros(max_tokens, np.int32)
-    types[len(first):len(first) + len(entity)] = 1
-    attention = (np.arange(max_tokens) < len(first) + len(entity)).astype(np.int32)
-    answer = np.arange(max_tokens) <= len(passage_ids)
-    return ReaderInput(ids, types, attention, answer)
+def reader_first_part(tokenizer: Any, passage_ids: Sequence[int], topic_ids: Sequence[int],
+                      max_tokens: int) -> list[int]:
+    """The reader input's first segment, `[CLS] p [unused1] topic [SEP]` (module docstring), the topic cut so
+    that the whole fits `max_tokens`; the passage is never cut. The device appends the candidate's entity row
+    (`kipjax.methods.joint_rerank.pack_pairs`, which drops the entity's [CLS])."""
+    passage = [tokenizer.cls_token_id, *passage_ids]
+    room = max_tokens - len(passage) - 1
+    if room < 0:
+        raise ValueError(f"a passage of {len(passage_ids)} pieces does not fit the reader's first segment of "
+                         f"{max_tokens}")
+    topic = [marker_id(tokenizer, TOPIC_MARKER), *topic_ids][:room] if topic_ids and room > 1 else []
+    return [*passage, *topic, tokenizer.sep_token_id]

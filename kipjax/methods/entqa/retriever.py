@@ -15,6 +15,10 @@ fixed shapes, every passage here has C - G.)
 ablation's variants, `kipjax.retrieval.nce`). Evaluation: recall@k over the evaluation passages' (passage,
 gold entity) pairs, `recall@{k}`.
 
+With a trained checkpoint, `python -m kipjax.index --gin_file=... --checkpoint=DIR --split=train
+--candidates=CDIR` writes `CDIR/candidates_train.json`, every passage of the split with its top
+`candidates_k` entities (the reader's input), and `--out=IDIR` the KB's embeddings and ScaNN index.
+
 `pretrained` is a directory with `passage_encoder/` and `entity_encoder/` (what `kipjax.methods.entqa.blink`
 writes from BLINK's checkpoint), or one BERT directory that initialises both.
 """
@@ -29,30 +33,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from kipjax import partitioning
-from kipjax.data import aida
-from kipjax.data.entity_kb import read_kilt_entities, read_title_map
+from kipjax.data import candidates as candidate_files
+from kipjax.data.entity_kb import read_kilt_entities
 from kipjax.data.padding import pad_rows
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import setup_encoder, with_pretrained_encoders
 from kipjax.methods.entqa import inputs
-from kipjax.methods.entqa.data import PassageExample, corpus_examples
+from kipjax.methods.entqa.data import PassageExample, SplitDocuments, passage_id, split_name
 from kipjax.methods.hard_nce import BiEncoder
 from kipjax.models import hf
 from kipjax.models.bert import BertConfig
-from kipjax.retrieval import corpus_encoding, negatives, nce
+from kipjax.retrieval import corpus_encoding, index, negatives, nce
 
 LOSSES = {"multilabel": nce.multilabel_nce_loss, "all_golds": nce.all_golds_nce_loss,
           "marginal": nce.marginal_nce_loss}
 ENCODER_DIRS = {"mention_encoder": "passage_encoder", "entity_encoder": "entity_encoder"}
-
-
-def split_records(path: str, split: str | None, title_map: Mapping[str, str] | None) -> list[dict]:
-    """The gold-link records of an AIDA file's documents of `split` (None: all of them)."""
-    documents = aida.read_aida(path, title_map)
-    chosen = [aida.gold_links(d) for d in documents if split is None or d.split == split]
-    if not chosen:
-        raise ValueError(f"{path}: no document of split {split!r}")
-    return chosen
 
 
 @gin.configurable
@@ -61,14 +56,19 @@ class EntqaRetriever(Method):
 
     Args:
       kb_file: KILT knowledge-source JSON lines (`kipjax.data.entity_kb`).
-      train_file / eval_file: AIDA-YAGO2 TSV files (one may hold all splits); train_split / eval_split pick
-        documents by their split (None: every document of the file).
+      train_file / eval_file / test_file: AIDA-YAGO2 TSV files (one may hold all splits); train_split /
+        eval_split / test_split pick documents by their split (None: every document of the file, named
+        'train' / 'eval' / 'test' for `--split`).
       tokenizer_dir: default `pretrained` (its passage encoder's); pretrained / encoder_config: module docstring.
+      share_encoders: one encoder for passages and entities (a from-scratch demo learns much faster; the
+        authors' encoders are BLINK's two).
       title_map_file: renames the documents' titles to the KB's.
       num_candidates, random_fraction, hard_pool, loss: the objective (module docstring).
       passage_length / stride / topic_mode: how documents are cut (`passages`); passage_tokens: the encoder's
         input budget for `[CLS] p [SEP] [unused1] topic`; entity_tokens: for entities (128).
-      eval_ks: the k of recall@k; encode_batch_size / chunk_size: encoding and exact search.
+      eval_ks: the k of recall@k; search: 'exact' (on the devices) or 'scann' (per host);
+        candidates_k: candidates per passage in the reader's files; encode_batch_size / chunk_size: encoding
+        and exact search.
     """
 
     def __init__(
@@ -78,9 +78,12 @@ class EntqaRetriever(Method):
         eval_file: str = gin.REQUIRED,
         train_split: str | None = "train",
         eval_split: str | None = "testa",
+        test_file: str | None = None,
+        test_split: str | None = "testb",
         tokenizer_dir: str | None = None,
         pretrained: str | None = None,
         encoder_config: BertConfig | None = None,
+        share_encoders: bool = False,
         title_map_file: str | None = None,
         num_candidates: int = 64,
         random_fraction: float = 0.9,
@@ -92,17 +95,23 @@ class EntqaRetriever(Method):
         passage_tokens: int = 42,
         entity_tokens: int = inputs.ENTITY_TOKENS,
         eval_ks: Sequence[int] = (1, 10, 30, 100),
+        search: str = "exact",
+        candidates_k: int = 100,
         encode_batch_size: int = 256,
         chunk_size: int = 4096,
         compute_dtype: str = "float32",
         remat: bool = False,
     ):
-        if loss not in LOSSES:
-            raise ValueError(f"EntqaRetriever.loss must be one of {sorted(LOSSES)}, got {loss!r}")
-        if not 0.0 <= random_fraction <= 1.0:
-            raise ValueError(f"EntqaRetriever.random_fraction must be in [0, 1], got {random_fraction}")
         paired = pretrained is not None and all(os.path.isdir(os.path.join(pretrained, d))
                                                 for d in ENCODER_DIRS.values())
+        if share_encoders and paired:
+            raise ValueError(f"EntqaRetriever.share_encoders cannot load {pretrained}'s two encoders into one")
+        if loss not in LOSSES:
+            raise ValueError(f"EntqaRetriever.loss must be one of {sorted(LOSSES)}, got {loss!r}")
+        if search not in corpus_encoding.SEARCH_KINDS:
+            raise ValueError(f"EntqaRetriever.search must be one of {corpus_encoding.SEARCH_KINDS}, got {search!r}")
+        if not 0.0 <= random_fraction <= 1.0:
+            raise ValueError(f"EntqaRetriever.random_fraction must be in [0, 1], got {random_fraction}")
         first = os.path.join(pretrained, ENCODER_DIRS["mention_encoder"]) if paired else pretrained
         setup = setup_encoder("EntqaRetriever", os.path.dirname(kb_file), tokenizer_dir, first, encoder_config,
                               compute_dtype, remat)
@@ -111,35 +120,34 @@ class EntqaRetriever(Method):
         if paired:
             self.pretrained["entity_encoder"] = hf.load_pretrained(
                 os.path.join(pretrained, ENCODER_DIRS["entity_encoder"]), dtype=self.config.dtype, remat=remat)[1]
-        self.model = BiEncoder(self.config, score_kind="dual")
+        self.model = BiEncoder(self.config, score_kind="dual", share_encoders=share_encoders)
         self.loss_fn, self.num_candidates, self.random_fraction = LOSSES[loss], num_candidates, random_fraction
         self.hard_pool_size, self.passage_tokens = hard_pool, passage_tokens
         self.eval_ks, self.encode_batch_size, self.chunk_size = tuple(sorted(eval_ks)), encode_batch_size, chunk_size
+        self.search_kind, self.candidates_k = search, candidates_k
 
         self.kb = read_kilt_entities(kb_file)
-        table = inputs.entity_tokens(self.tokenizer, self.kb.titles, self.kb.descriptions, entity_tokens)
-        self.entity_ids = table
-        self.entity_mask = (table != self.tokenizer.pad_token_id).astype(np.int32)
-        title_map = read_title_map(title_map_file) if title_map_file else None
-        settings = dict(length=passage_length, stride=stride, topic_mode=topic_mode)
-        train = corpus_examples(split_records(train_file, train_split, title_map), self.kb, self.tokenizer,
-                                **settings)
-        self.train = [e for e in train.passages if e.gold_entities]
-        self.eval = corpus_examples(split_records(eval_file, eval_split, title_map), self.kb, self.tokenizer,
-                                    **settings).passages
+        self.entity_ids, self.entity_mask = inputs.entity_table(self.tokenizer, self.kb.titles, self.kb.descriptions,
+                                                                entity_tokens)
+        self.documents = SplitDocuments.from_files(
+            self.kb, self.tokenizer, [("train", train_file, train_split), ("eval", eval_file, eval_split),
+                                      ("test", test_file, test_split)], title_map_file,
+            length=passage_length, stride=stride, topic_mode=topic_mode)
+        self.train = [e for e in self.documents.passages(split_name(train_split, "train")) if e.gold_entities]
+        self.eval = self.documents.passages(split_name(eval_split, "eval"))
         if not self.train:
             raise ValueError(f"{train_file}: no training passage mentions a KB entity")
         self.max_golds = max(len(e.gold_entities) for e in self.train)
         if self.max_golds >= num_candidates or len(self.kb) <= num_candidates:
             raise ValueError(f"EntqaRetriever.num_candidates={num_candidates} must exceed the most golds of a "
                              f"passage ({self.max_golds}) and stay below the KB's {len(self.kb)} entities")
-        self.train_ids, self.train_mask = self._passage_arrays(self.train)
+        self.train_ids, self.train_mask = self.passage_arrays(self.train)
         self.train_golds = self._gold_array(self.train, self.max_golds)
         self.pool = jnp.full((len(self.train), hard_pool), -1, jnp.int32)
 
     # -------------------------------------------------------------------------------------------- inputs
 
-    def _passage_arrays(self, examples: Sequence[PassageExample]) -> tuple[np.ndarray, np.ndarray]:
+    def passage_arrays(self, examples: Sequence[PassageExample]) -> tuple[np.ndarray, np.ndarray]:
         rows = [inputs.retriever_passage(self.tokenizer, e.passage.piece_ids, e.topic_ids, self.passage_tokens)
                 for e in examples]
         ids = pad_rows(rows, self.passage_tokens, pad=self.tokenizer.pad_token_id)
@@ -178,11 +186,8 @@ class EntqaRetriever(Method):
         random_rng, hard_rng = jax.random.split(rng)
         random = negatives.sample_random_negatives(random_rng, golds, len(self.kb), num_negatives)
         pool = batch["tables"]["hard_pool"][batch["example_index"]]
-        # a uniform draw without replacement from the pool: its entries in the order of iid uniform keys
-        keys = jnp.where(pool >= 0, jax.random.uniform(hard_rng, pool.shape), -1.0)
-        order = jnp.argsort(-keys, axis=-1)[:, :num_negatives]
-        hard = jnp.take_along_axis(pool, order, axis=-1)
-        hard = jnp.where(hard >= 0, hard, random)  # a short pool (first steps) is topped up with random ones
+        # a short pool (first steps) is topped up with random ones
+        hard = negatives.sample_from_pool(hard_rng, pool, num_negatives, random)
         mixed = negatives.mix_negatives(hard, random, 1.0 - self.random_fraction) if num_negatives else random
         rows = jnp.concatenate([jnp.maximum(golds, 0), mixed], axis=1)
         gold = jnp.concatenate([golds >= 0, jnp.zeros_like(mixed, bool)], axis=1)
@@ -220,23 +225,52 @@ class EntqaRetriever(Method):
     def _encode_entities(self, params: Params, ids: jax.Array, mask: jax.Array) -> jax.Array:
         return self.model.apply({"params": params}, ids, mask, method=BiEncoder.encode_entities)[0][:, 0]
 
-    def retrieve(self, params: Params, ids: np.ndarray, mask: np.ndarray, k: int,
-                 exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k KB rows ([Q, k] scores and rows) for passages, `exclude` rows ([Q, G], -1 padded) left out."""
-        mesh = partitioning.current_mesh()
-        local, layout = corpus_encoding.encode_corpus(self._encode_entities, params, self.entity_ids,
-                                                      self.entity_mask, mesh=mesh, batch_size=self.encode_batch_size,
-                                                      desc="encode entities")
-        queries = corpus_encoding.encode_everywhere(self._encode_passages, params, ids, mask, mesh=mesh,
-                                                    batch_size=self.encode_batch_size, desc="encode passages")
-        table = corpus_encoding.device_table(local, layout, mesh)
-        return corpus_encoding.exact_search(queries, table, layout, mesh, k, exclude=exclude,
-                                            query_batch=self.encode_batch_size, chunk_size=self.chunk_size)
+    def encode_kb(self, params: Params) -> tuple[np.ndarray, corpus_encoding.CorpusLayout]:
+        """This host's rows of the encoded KB and the table's layout over the mesh."""
+        return corpus_encoding.encode_corpus(self._encode_entities, params, self.entity_ids, self.entity_mask,
+                                             mesh=partitioning.current_mesh(), batch_size=self.encode_batch_size,
+                                             desc="encode entities")
+
+    def encode_passages(self, params: Params, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return corpus_encoding.encode_everywhere(self._encode_passages, params, ids, mask,
+                                                 mesh=partitioning.current_mesh(),
+                                                 batch_size=self.encode_batch_size, desc="encode passages")
+
+    def retrieve(self, params: Params, ids: np.ndarray, mask: np.ndarray, k: int, exclude: np.ndarray | None = None,
+                 kb: tuple[np.ndarray, corpus_encoding.CorpusLayout] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k KB rows ([Q, k] scores and rows) for passages, `exclude` rows ([Q, G], -1 padded) left out, exact
+        or with ScaNN (`search`); `kb` reuses an `encode_kb` result."""
+        local, layout = self.encode_kb(params) if kb is None else kb
+        return corpus_encoding.search_corpus(self.search_kind, self.encode_passages(params, ids, mask), local,
+                                             layout, partitioning.current_mesh(), k, exclude=exclude,
+                                             query_batch=self.encode_batch_size, chunk_size=self.chunk_size)
+
+    def write_candidates(self, params: Params, split: str, path: str) -> None:
+        """The reader's input: each passage of `split` with its top `candidates_k` KB titles, best first
+        (`kipjax.data.candidates` layout, one line per passage, `mention_id` = `passage_id`)."""
+        examples = self.documents.passages(split)
+        ids, mask = self.passage_arrays(examples)
+        _, top = self.retrieve(params, ids, mask, self.candidates_k)
+        candidate_files.write_candidates(path, [passage_id(e.passage) for e in examples], top, self.kb.titles)
+
+    def export_index(self, params: Params, split: str, out_dir: str, k: int = 10) -> dict[str, Any]:
+        """The KB's embeddings and a ScaNN index over them, with ScaNN's top-k against exact search for the
+        passages of `split` (`kipjax.retrieval.index.export_scann_index`); one host."""
+        if jax.process_count() > 1:
+            raise ValueError("EntqaRetriever.export_index writes one host's table; run it on one host "
+                             "(multi-host runs search with `search='scann'` per host instead)")
+        local, layout = self.encode_kb(params)
+        ids, mask = self.passage_arrays(self.documents.passages(split))
+        queries = self.encode_passages(params, ids, mask)
+        records = [{"wikipedia_title": t} for t in self.kb.titles]
+        return index.export_scann_index(out_dir, np.asarray(local[:layout.num_rows], np.float32),
+                                        np.asarray(queries, np.float32), records, {"split": split}, k=k,
+                                        chunk_size=self.chunk_size)
 
     def evaluate(self, params: Params) -> Metrics:
         """recall@k over the evaluation passages' (passage, gold entity) pairs."""
         labelled = [e for e in self.eval if e.gold_entities]
-        ids, mask = self._passage_arrays(labelled)
+        ids, mask = self.passage_arrays(labelled)
         _, top = self.retrieve(params, ids, mask, self.eval_ks[-1])
         metrics = {}
         for k in self.eval_ks:
