@@ -10,6 +10,9 @@ import pytest
 
 from kipjax import evaluate, index, train
 from kipjax.data.demo_docred import demo_docred_path
+from kipjax.data.demo_entqa import demo_entqa_path
+from kipjax.data.nif import read_nif
+from kipjax.methods.entqa.linking import ScoredLink, best_per_span, final_links
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "gin_configs" / "quickstart.gin")
@@ -63,7 +66,8 @@ def test_index_needs_something_to_write(tmp_path, capsys):
                                     "coref/t0_3b.gin", "coref/flan_t5_xl.gin", "lmrc/demo_rcp.gin", "lmrc/demo_rc.gin",
                                     "lmrc/docred_rcp_roberta_large.gin", "lmrc/docred_rc_llama3_2_3b.gin",
                                     "lmrc/docred_rc_llama3_1_8b.gin", "taco/demo.gin", "taco/kilt_t5_base.gin",
-                                    "entqa/demo_retriever.gin",
+                                    "entqa/demo_retriever.gin", "entqa/demo_reader.gin",
+                                    "entqa/aida_blink_retriever.gin", "entqa/aida_electra_large_reader.gin",
                                     *sorted(f"taco/ablations/{p.name}" for p in
                                             (REPO / "gin_configs/taco/ablations").glob("*.gin"))])
 def test_every_config_composes_with_every_run_file(config, run_file):
@@ -76,9 +80,18 @@ def test_every_config_composes_with_every_run_file(config, run_file):
 def _run(module: str, *args: str) -> subprocess.CompletedProcess:
     """Runs a CLI as a user would: one CPU device, not the test session's 8 fake ones (on 2 busy cores their
     collectives can miss XLA's rendezvous timeout; the sharded paths have their own in-process tests)."""
+    return _run_command(["-m", module, *args])
+
+
+def _run_benchmark(name: str, out: Path, *args: str) -> dict:
+    """Runs benchmarks/NAME.py as the benchmarks README says, and returns the JSON it writes to `out`."""
+    _run_command([f"benchmarks/{name}.py", *args, f"--out={out}"])
+    return json.loads(out.read_text())
+
+
+def _run_command(args: list[str]) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                            env=env)
+    result = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -176,3 +189,55 @@ def test_taco_demo_end_to_end(tmp_path):
     out = _run("kipjax.evaluate", config, *short, f"--checkpoint={model_dir}").stdout  # the same stages
     evaluated = json.loads(out[out.index("{"):])
     assert evaluated["rprec_avg"] == pytest.approx(last["eval/rprec_avg"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_entqa_demo_end_to_end(tmp_path):
+    """EntQA's three demo commands, both trainings shortened: the retriever's candidate files feed the reader,
+    whose testa F1 (at its best threshold) clearly beats the untrained reader's; then testb is linked end to end
+    from raw text at testa's threshold (the same F1 through the InKB scorer's CLI, the NIF output reads back as
+    the JSON lines), calibrated on its scored links, and timed against K by the speed-accuracy benchmark."""
+    retriever_gin, reader_gin = "gin_configs/entqa/demo_retriever.gin", "gin_configs/entqa/demo_reader.gin"
+    retriever_dir, reader_dir, candidates = tmp_path / "retriever", tmp_path / "reader", tmp_path / "candidates"
+    _run("kipjax.train", f"--gin_file={retriever_gin}", f"--gin.MODEL_DIR='{retriever_dir}'", "--gin.TRAIN_STEPS=300",
+         "--gin.Trainer.eval_every=300")
+    for split in ("train", "testa"):
+        _run("kipjax.index", f"--gin_file={retriever_gin}", f"--checkpoint={retriever_dir}", f"--split={split}",
+             f"--candidates={candidates}")
+    _run("kipjax.train", f"--gin_file={reader_gin}", f"--gin.MODEL_DIR='{reader_dir}'",
+         f"--gin.CANDIDATES_DIR='{candidates}'", "--gin.TRAIN_STEPS=800", "--gin.Trainer.eval_every=800")
+    history = [json.loads(line) for line in open(reader_dir / "metrics.jsonl")]
+    before, after = history[0], history[-1]
+    assert after["eval/calibrated_f1"] > before["eval/calibrated_f1"] + 0.05, (before, after)
+    threshold = after["eval/calibrated_threshold"]  # appendix D.1: calibrated on testa, used on testb
+
+    testb, gold = demo_entqa_path("aida_testb.tsv"), tmp_path / "gold.jsonl"
+    _run("kipjax.data.aida", testb, "--out", str(gold))
+    pred, scored, nif_out = tmp_path / "pred.jsonl", tmp_path / "scored.jsonl", tmp_path / "pred.ttl"
+    out = _run("kipjax.methods.entqa.link", f"--retriever_gin={retriever_gin}",
+               f"--retriever_checkpoint={retriever_dir}", f"--gin_file={reader_gin}", f"--checkpoint={reader_dir}",
+               f"--gin.CANDIDATES_DIR='{candidates}'", f"--documents={testb}", f"--out={pred}",
+               f"--scored={scored}", f"--nif={nif_out}", f"--threshold={threshold}").stdout
+    report = json.loads(out[out.index("{\n"):])
+    assert report["documents"] == 60 and report["f1"] > 0.05
+    inkb = json.loads(_run("kipjax.metrics.el", "inkb", "--gold", str(gold), "--pred", str(pred), "--json").stdout)
+    assert inkb["f1"] == pytest.approx(report["f1"])
+    # the JSON lines keep every (span, entity) above the threshold, NIF the best entity of each span
+    candidates_of = {r["id"]: [ScoredLink(*link) for link in r["links"]] for r in map(json.loads, open(scored))}
+    kept = {doc: final_links(links, threshold) for doc, links in candidates_of.items()}
+    assert {r["id"]: [tuple(l) for l in r["links"]] for r in map(json.loads, open(pred))} == {
+        doc: [link[:3] for link in links] for doc, links in kept.items()}
+    text = {r["id"]: r["text"] for r in map(json.loads, open(gold))}
+    assert {d.text: sorted(d.links) for d in read_nif(str(nif_out))} == {
+        text[doc]: [link[:3] for link in best_per_span(links)] for doc, links in kept.items()}
+    calibrated = json.loads(_run("kipjax.methods.entqa.calibrate", "--scored", str(scored), "--gold", str(gold),
+                                 "--json").stdout)
+    assert calibrated["f1"] >= report["f1"] and report["threshold"] == pytest.approx(threshold)
+
+    bench = _run_benchmark("entqa_k_benchmark", tmp_path / "k.json", f"--retriever_gin={retriever_gin}",
+                           f"--retriever_checkpoint={retriever_dir}", f"--gin_file={reader_gin}",
+                           f"--gin_bindings=CANDIDATES_DIR = '{candidates}'", f"--checkpoint={reader_dir}",
+                           "--ks=8,16,32", "--repeats=1", "--max_documents=20")
+    rows = bench["ks"]
+    assert [r["k"] for r in rows] == [8, 16, 32] and rows[0]["reader_seconds"] < rows[-1]["reader_seconds"]
+    assert rows[0]["candidate_recall"] <= rows[1]["candidate_recall"] <= rows[2]["candidate_recall"]
