@@ -12,8 +12,9 @@ from kipjax.data.entity_kb import read_kilt_entities
 from kipjax.methods.entqa import reader_objective
 from kipjax.methods.entqa.data import SplitDocuments, passage_id
 from kipjax.methods.entqa.reader import EntqaReader
+from kipjax.methods.joint_rerank import pack_pairs
 from kipjax.models import hf
-from kipjax.models.bert import BertConfig
+from kipjax.models.bert import BertConfig, BertEncoder
 
 TINY = BertConfig(vocab_size=2048, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                   intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
@@ -144,3 +145,35 @@ def test_a_missing_candidate_file_says_how_to_write_it(tmp_path):
                     eval_num_candidates=NUM_RETRIEVED, entity_tokens=24, max_tokens=64)
     with pytest.raises(ValueError, match="leaves the passage segment"):
         EntqaReader(**FILES, candidates_dir=str(tmp_path), encoder_config=TINY, entity_tokens=48, max_tokens=64)
+
+
+def test_a_squad_electra_checkpoint_initialises_the_cross_encoder(tmp_path, method):
+    """What the AIDA config loads: an ElectraForQuestionAnswering directory (its encoder under `electra.`); the
+    reader's encoder then computes what transformers' ElectraModel does on the same packed pair, and the span
+    and rerank heads start fresh."""
+    import torch
+    import transformers
+    tokenizer_dir = demo_entqa_path("tokenizer")
+    vocab = hf.load_tokenizer(tokenizer_dir).vocab_size
+    config = transformers.ElectraConfig(vocab_size=vocab, embedding_size=16, hidden_size=32, num_hidden_layers=1,
+                                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    qa = transformers.ElectraForQuestionAnswering(config).eval()
+    qa.save_pretrained(tmp_path / "electra_squad2")
+    reader = EntqaReader(**FILES, candidates_dir=method.candidates_dir, pretrained=str(tmp_path / "electra_squad2"),
+                         tokenizer_dir=tokenizer_dir, num_candidates=12, eval_num_candidates=NUM_RETRIEVED,
+                         entity_tokens=24, max_tokens=64)
+    batch = batch_of(reader, np.arange(2))
+    params = nn.unbox(reader.init(jax.random.PRNGKey(0), batch))
+    assert set(params) == {"encoder", "span_head", "rerank_head"}
+    rows = jnp.asarray([[5, 9], [7, 11]])
+    ids, mask, types = pack_pairs(batch["first_input_ids"], batch["first_attention_mask"],
+                                  batch["tables"]["entity_input_ids"][rows],
+                                  batch["tables"]["entity_attention_mask"][rows])
+    flat = [np.asarray(x).reshape(4, -1) for x in (ids, mask, types)]
+    ours = BertEncoder(reader.model.config).apply({"params": params["encoder"]}, *flat).last_hidden_state
+    with torch.no_grad():
+        theirs = qa.electra(input_ids=torch.tensor(flat[0]), attention_mask=torch.tensor(flat[1]),
+                            token_type_ids=torch.tensor(flat[2])).last_hidden_state.numpy()
+    real = flat[1].astype(bool)
+    np.testing.assert_allclose(np.asarray(ours)[real], theirs[real], atol=1e-4)
