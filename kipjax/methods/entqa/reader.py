@@ -33,9 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from kipjax import partitioning
 from kipjax.data import candidates as candidate_files
 from kipjax.data.entity_kb import read_kilt_entities
-from kipjax.data.padding import fixed_size_batches, pad_rows
+from kipjax.data.padding import pad_rows, round_up
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import setup_encoder
 from kipjax.methods.entqa import inputs, linking, reader_objective
@@ -44,7 +45,7 @@ from kipjax.methods.joint_rerank import init_cross_encoder, pack_pairs
 from kipjax.metrics import el as el_metrics
 from kipjax.models import layers
 from kipjax.models.bert import BertConfig, BertEncoder
-from kipjax.retrieval import negatives
+from kipjax.retrieval import corpus_encoding, negatives
 
 
 class ReaderModel(nn.Module):
@@ -154,7 +155,7 @@ class EntqaReader(Method):
         self.eval = self.documents.passages(self.eval_split)
         self.eval_records = self.documents.records(self.eval_split)
         self.eval_rows, self.eval_valid = self.read_candidates(self.eval_split, self.eval, eval_num_candidates)
-        self._jit_predict = jax.jit(self._predict)
+        self._mesh_tables: dict[str, jax.Array] | None = None  # the entity table replicated on the mesh
 
     # -------------------------------------------------------------------------------------------- inputs
 
@@ -255,29 +256,48 @@ class EntqaReader(Method):
         `filter_span` may skip nested ones, so it looks further."""
         return min(self.answer_positions ** 2, (4 if self.filter_span else 1) * self.top_p + 1)
 
-    def _predict(self, params: Params, batch: Mapping[str, Any], rows: jax.Array, valid: jax.Array
-                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def _predict(self, params_and_tables: tuple[Params, Mapping[str, jax.Array]], packed: jax.Array,
+                 _: jax.Array) -> jax.Array:
+        """The ranked spans of a batch of `pack_passages` rows: [B, 3 K C] float32, (log p, start, end) x K x C
+        (C = `span_count`), in the shape `corpus_encoding` shards over hosts and devices."""
+        params, tables = params_and_tables
+        f = self.first_tokens
+        k = (packed.shape[1] - 2 * f - 1) // 2
+        batch = {"tables": tables, "first_input_ids": packed[:, :f], "first_attention_mask": packed[:, f:2 * f],
+                 "passage_length": packed[:, 2 * f]}
+        rows, valid = packed[:, 2 * f + 1:2 * f + 1 + k], packed[:, 2 * f + 1 + k:].astype(bool)
         start, end, rerank, answer = self.logits(params, batch, rows)
         a = self.answer_positions
         log_probs = reader_objective.span_log_probs(start[..., :a], end[..., :a], rerank, answer[..., :a], valid,
                                                     self.max_answer_len)
-        return reader_objective.top_spans(log_probs, self.span_count())
+        best, starts, ends = reader_objective.top_spans(log_probs, self.span_count())
+        return jnp.stack([best, starts.astype(jnp.float32), ends.astype(jnp.float32)], axis=1).reshape(
+            len(packed), -1)
+
+    def pack_passages(self, examples: Sequence[PassageExample], rows: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """[P, 2 F + 1 + 2 K] int32: each passage's first segment, its mask, its length, its candidates' KB rows
+        and which are filled; one table, so that the corpus encoder's sharded loop can run the reader."""
+        arrays = self.passage_arrays(examples)
+        return np.concatenate([arrays["first_input_ids"], arrays["first_attention_mask"],
+                               arrays["passage_length"][:, None], rows, valid], axis=1).astype(np.int32)
 
     def passage_links(self, params: Params, examples: Sequence[PassageExample], rows: np.ndarray,
                       valid: np.ndarray) -> list[list[linking.ScoredLink]]:
-        """Every passage's kept spans as scored document links (before the threshold): the reader's batches
-        run on device, the span selection on the host."""
-        arrays = self.passage_arrays(examples)
-        names = list(arrays)
-        found: list[list[linking.ScoredLink]] = []
-        for batch in fixed_size_batches(self.eval_batch_size, *arrays.values(), rows, valid, desc="read"):
-            features = {"tables": self._entity_table, **dict(zip(names, batch[:-2]))}
-            log_probs, starts, ends = (np.asarray(x) for x in self._jit_predict(params, features, *batch[-2:]))
-            keep = reader_objective.select_spans(log_probs, starts, ends, self.top_p, self.filter_span)
-            for i in range(min(len(keep), len(examples) - len(found))):  # the last batch is padded
-                found.append(linking.passage_links(examples[len(found)].passage, batch[-2][i], keep[i], log_probs[i],
-                                                   starts[i], ends[i], self.kb.titles))
-        return found
+        """Every passage's kept spans as scored document links (before the threshold). The reader runs on device
+        in batches of `eval_batch_size` passages x K pairs, the passages shared out over hosts and devices as
+        `corpus_encoding` shares out a corpus; every host gets every passage's spans and selects on the host."""
+        mesh = partitioning.current_mesh()
+        if self._mesh_tables is None:
+            self._mesh_tables = partitioning.put_replicated(self._entity_table, mesh)
+        step = jax.process_count() * partitioning.data_parallel_size(mesh)
+        ranked = corpus_encoding.encode_everywhere(
+            self._predict, (params, self._mesh_tables), self.pack_passages(examples, rows, valid), None, mesh=mesh,
+            batch_size=round_up(self.eval_batch_size, step), desc="read")
+        log_probs, starts, ends = np.moveaxis(ranked.reshape(len(examples), 3, rows.shape[1], -1), 1, 0)
+        starts, ends = starts.astype(np.int64), ends.astype(np.int64)
+        keep = reader_objective.select_spans(log_probs, starts, ends, self.top_p, self.filter_span)
+        return [linking.passage_links(e.passage, rows[i], keep[i], log_probs[i], starts[i], ends[i], self.kb.titles)
+                for i, e in enumerate(examples)]
 
     def evaluate(self, params: Params) -> Metrics:
         per_passage = self.passage_links(params, self.eval, self.eval_rows, self.eval_valid)
