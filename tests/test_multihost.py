@@ -10,9 +10,6 @@ By hand (two shells, or `&`), from the repository root:
         --gin.initialize_distributed.num_processes=2 --gin.initialize_distributed.process_id=0   # and =1
 """
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,7 +19,8 @@ import orbax.checkpoint as ocp
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-ROOT = Path(__file__).resolve().parents[1]
+from local_hosts import free_port, run_hosts
+
 # Constant learning rate: a run continued from step 8 to 12 then follows the same schedule as one run to 12.
 # Plain SGD: parameters then differ by the learning rate times the gradients' summation-order noise (gloo
 # against XLA's in-process all-reduce), where Adam's m / sqrt(v) would blow it up for near-zero gradients.
@@ -34,16 +32,8 @@ COMMON = ["--gin.make_optimizer.name='sgd'", "--gin.learning_rate_schedule.peak_
           "--gin.learning_rate_schedule.warmup_steps=0", "--gin.learning_rate_schedule.decay='constant'"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def train(model_dir: Path, steps: int, processes: int) -> list[str]:
     """Runs `python -m kipjax.train` in `processes` processes sharing 8 CPU devices; returns their outputs."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}"}
     args = [*COMMON, f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={steps}"]
     port = free_port()
     commands = []
@@ -55,11 +45,9 @@ def train(model_dir: Path, steps: int, processes: int) -> list[str]:
                      f"--gin.initialize_distributed.num_processes={processes}",
                      f"--gin.initialize_distributed.process_id={i}"]
         commands.append([sys.executable, "-m", "kipjax.train", *args, *extra])
-    running = [subprocess.Popen(c, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for c in commands]
-    outputs = [p.communicate(timeout=600)[0] for p in running]
-    for p, out in zip(running, outputs):
-        assert p.returncode == 0, out[-4000:]
+    codes, outputs = run_hosts(commands)
+    for code, out in zip(codes, outputs):
+        assert code == 0, out[-4000:]
     return outputs
 
 

@@ -1,5 +1,10 @@
 """EntQA's reader on the bundled demo with candidate files the tests write: the training arrays, the candidate
-composition, the loss against labels built independently from the passages' mentions, and evaluation."""
+composition, the loss against labels built independently from the passages' mentions, evaluation, an ELECTRA
+import, and linking over two hosts."""
+import json
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +20,7 @@ from kipjax.methods.entqa.reader import EntqaReader
 from kipjax.methods.joint_rerank import pack_pairs
 from kipjax.models import hf
 from kipjax.models.bert import BertConfig, BertEncoder
+from local_hosts import free_port, run_hosts
 
 TINY = BertConfig(vocab_size=2048, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                   intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
@@ -22,6 +28,7 @@ TINY = BertConfig(vocab_size=2048, hidden_size=32, num_hidden_layers=1, num_atte
 FILES = dict(kb_file=demo_entqa_path("kb.jsonl"), train_file=demo_entqa_path("aida_testb.tsv"),
              eval_file=demo_entqa_path("aida_testa.tsv"), train_split="testb", eval_split="testa")
 NUM_RETRIEVED = 20
+WORKER = Path(__file__).with_name("entqa_reader_worker.py")
 
 
 def retrieved_rows(example, index, num_entities):
@@ -177,3 +184,22 @@ def test_a_squad_electra_checkpoint_initialises_the_cross_encoder(tmp_path, meth
                             token_type_ids=torch.tensor(flat[2])).last_hidden_state.numpy()
     real = flat[1].astype(bool)
     np.testing.assert_allclose(np.asarray(ours)[real], theirs[real], atol=1e-4)
+
+
+@pytest.mark.slow  # three processes, each building the reader and compiling it
+def test_two_hosts_link_the_passages_as_one(tmp_path):
+    """2 processes x 4 devices share out testa's passages (each host reads its own rows) and get the same links
+    as one process over 8 devices."""
+    (tmp_path / "candidates").mkdir()
+    write_candidate_files(tmp_path / "candidates")
+    links = {}
+    for processes in (1, 2):
+        port = free_port()
+        codes, outputs = run_hosts([[sys.executable, str(WORKER), str(tmp_path), str(i), str(processes), str(port)]
+                                    for i in range(processes)])
+        assert codes == [0] * processes, "\n".join(o[-3000:] for o in outputs)
+        links[processes] = json.loads((tmp_path / "links.json").read_text())
+    assert sum(map(len, links[1])) > 0
+    for one, two in zip(links[1], links[2], strict=True):
+        assert [link[:3] for link in two] == [link[:3] for link in one]
+        np.testing.assert_allclose([link[3] for link in two], [link[3] for link in one], rtol=1e-4)

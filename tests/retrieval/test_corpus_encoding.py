@@ -1,8 +1,5 @@
 """Sharded, resumable corpus encoding and the searches over its shards, on the test session's 8 CPU devices."""
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,16 +10,10 @@ import pytest
 
 from kipjax import partitioning
 from kipjax.retrieval import corpus_encoding as ce
+from local_hosts import free_port, run_hosts
 
 NUM_ROWS, LENGTH, DIM = 83, 5, 4  # 83 rows: the 8 device shards end in padding
-ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("corpus_worker.py")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def linear_encoder(params: dict, ids: jax.Array, mask: jax.Array) -> jax.Array:
@@ -153,15 +144,10 @@ def test_scann_search_over_host_rows_equals_exact_search(corpus, mesh):
 
 def run_workers(out, processes: int, kill_at_block: int | None = None) -> list[int]:
     """Runs tests/retrieval/corpus_worker.py in `processes` processes sharing 8 CPU devices; their exit codes."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // processes}"}
     port = free_port()
     extra = [] if kill_at_block is None else [str(kill_at_block)]
-    running = [subprocess.Popen([sys.executable, str(WORKER), str(out), str(i), str(processes), str(port), *extra],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for i in range(processes)]
-    outputs = [p.communicate(timeout=600)[0] for p in running]
-    codes = [p.returncode for p in running]
+    codes, outputs = run_hosts([[sys.executable, str(WORKER), str(out), str(i), str(processes), str(port), *extra]
+                                for i in range(processes)])
     assert kill_at_block is not None or codes == [0] * processes, "\n".join(o[-3000:] for o in outputs)
     return codes
 
