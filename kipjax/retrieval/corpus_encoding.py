@@ -188,6 +188,20 @@ def device_table(local_rows: np.ndarray, layout: CorpusLayout, mesh: Mesh, dtype
                                                   (layout.padded_rows, local_rows.shape[1]))
 
 
+@functools.lru_cache(maxsize=16)
+def _search_fn(mesh: Mesh, k: int, shard_chunk: int, num_rows: int) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """The compiled exact top-k of `exact_search`, one per (mesh, k, chunk, table size): repeated searches (a
+    served linker's requests, ANCE episodes) reuse it instead of compiling again."""
+    def topk(q: jax.Array, excluded: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+        def bias(qs: tuple, _: jax.Array, ids: jax.Array) -> jax.Array:
+            return jnp.where((ids[None, :, None] == qs[1][:, None, :]).any(-1), -jnp.inf, 0.0)
+
+        return index.sharded_topk(lambda qs, chunk: index.dot_product_score(qs[0], chunk), (q, excluded), rows, k,
+                                  mesh=mesh, chunk_size=shard_chunk, bias_fn=bias, num_entities=num_rows)
+
+    return jax.jit(topk)  # the table is an argument: a multi-host array cannot be closed over
+
+
 def exact_search(queries: np.ndarray, table: jax.Array, layout: CorpusLayout, mesh: Mesh, k: int, *,
                  exclude: np.ndarray | None = None, query_batch: int = 1024, chunk_size: int = 16384,
                  desc: str = "search") -> tuple[np.ndarray, np.ndarray]:
@@ -195,16 +209,7 @@ def exact_search(queries: np.ndarray, table: jax.Array, layout: CorpusLayout, me
     exist), the rows in `exclude` ([Q, G], -1 padded) left out. `queries` are the same on every host."""
     exclude = np.full((len(queries), 1), -1, np.int32) if exclude is None else exclude.astype(np.int32)
     k = min(k, layout.num_rows)
-    shard_chunk = min(chunk_size, layout.padded_rows // mesh.devices.size)
-
-    def topk(q: jax.Array, excluded: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
-        def bias(qs: tuple, _: jax.Array, ids: jax.Array) -> jax.Array:
-            return jnp.where((ids[None, :, None] == qs[1][:, None, :]).any(-1), -jnp.inf, 0.0)
-
-        return index.sharded_topk(lambda qs, chunk: index.dot_product_score(qs[0], chunk), (q, excluded), rows, k,
-                                  mesh=mesh, chunk_size=shard_chunk, bias_fn=bias, num_entities=layout.num_rows)
-
-    search = jax.jit(topk)  # the table is an argument: a multi-host array cannot be closed over
+    search = _search_fn(mesh, k, min(chunk_size, layout.padded_rows // mesh.devices.size), layout.num_rows)
     scores, ids = [], []
     for start in track(range(0, len(queries), query_batch), total=len(queries), desc=desc, rows_per_item=query_batch):
         q, g = _padded(queries[start:start + query_batch], query_batch), _padded(exclude[start:start + query_batch],
