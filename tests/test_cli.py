@@ -199,16 +199,16 @@ def test_entqa_demo_end_to_end(tmp_path):
     the JSON lines), calibrated on its scored links, and timed against K by the speed-accuracy benchmark."""
     retriever_gin, reader_gin = "gin_configs/entqa/demo_retriever.gin", "gin_configs/entqa/demo_reader.gin"
     retriever_dir, reader_dir, candidates = tmp_path / "retriever", tmp_path / "reader", tmp_path / "candidates"
-    _run("kipjax.train", f"--gin_file={retriever_gin}", f"--gin.MODEL_DIR='{retriever_dir}'", "--gin.TRAIN_STEPS=300",
-         "--gin.Trainer.eval_every=300")
+    _run("kipjax.train", f"--gin_file={retriever_gin}", f"--gin.MODEL_DIR='{retriever_dir}'", "--gin.TRAIN_STEPS=250",
+         "--gin.Trainer.eval_every=250")
     for split in ("train", "testa"):
         _run("kipjax.index", f"--gin_file={retriever_gin}", f"--checkpoint={retriever_dir}", f"--split={split}",
              f"--candidates={candidates}")
     _run("kipjax.train", f"--gin_file={reader_gin}", f"--gin.MODEL_DIR='{reader_dir}'",
-         f"--gin.CANDIDATES_DIR='{candidates}'", "--gin.TRAIN_STEPS=800", "--gin.Trainer.eval_every=800")
+         f"--gin.CANDIDATES_DIR='{candidates}'", "--gin.TRAIN_STEPS=600", "--gin.Trainer.eval_every=600")
     history = [json.loads(line) for line in open(reader_dir / "metrics.jsonl")]
     before, after = history[0], history[-1]
-    assert after["eval/calibrated_f1"] > before["eval/calibrated_f1"] + 0.05, (before, after)
+    assert after["eval/calibrated_f1"] > before["eval/calibrated_f1"] + 0.04, (before, after)
     threshold = after["eval/calibrated_threshold"]  # appendix D.1: calibrated on testa, used on testb
 
     testb, gold = demo_entqa_path("aida_testb.tsv"), tmp_path / "gold.jsonl"
@@ -219,7 +219,7 @@ def test_entqa_demo_end_to_end(tmp_path):
                f"--gin.CANDIDATES_DIR='{candidates}'", f"--documents={testb}", f"--out={pred}",
                f"--scored={scored}", f"--nif={nif_out}", f"--threshold={threshold}").stdout
     report = json.loads(out[out.index("{\n"):])
-    assert report["documents"] == 60 and report["f1"] > 0.05
+    assert report["documents"] == 60 and report["f1"] > 0.03
     inkb = json.loads(_run("kipjax.metrics.el", "inkb", "--gold", str(gold), "--pred", str(pred), "--json").stdout)
     assert inkb["f1"] == pytest.approx(report["f1"])
     # the JSON lines keep every (span, entity) above the threshold, NIF the best entity of each span
@@ -237,7 +237,7 @@ def test_entqa_demo_end_to_end(tmp_path):
     bench = _run_benchmark("entqa_k_benchmark", tmp_path / "k.json", f"--retriever_gin={retriever_gin}",
                            f"--retriever_checkpoint={retriever_dir}", f"--gin_file={reader_gin}",
                            f"--gin_bindings=CANDIDATES_DIR = '{candidates}'", f"--checkpoint={reader_dir}",
-                           "--ks=8,16,32", "--repeats=1", "--max_documents=20")
+                           "--ks=4,8,32", "--repeats=1", "--max_documents=10")
     rows = bench["ks"]
-    assert [r["k"] for r in rows] == [8, 16, 32] and rows[0]["reader_seconds"] < rows[-1]["reader_seconds"]
+    assert [r["k"] for r in rows] == [4, 8, 32] and rows[0]["reader_seconds"] < rows[-1]["reader_seconds"]
     assert rows[0]["candidate_recall"] <= rows[1]["candidate_recall"] <= rows[2]["candidate_recall"]

@@ -154,6 +154,7 @@ def test_a_missing_candidate_file_says_how_to_write_it(tmp_path):
         EntqaReader(**FILES, candidates_dir=str(tmp_path), encoder_config=TINY, entity_tokens=48, max_tokens=64)
 
 
+@pytest.mark.slow  # a second reader over the demo KB and a torch model: 11 s of the fast suite's budget
 def test_a_squad_electra_checkpoint_initialises_the_cross_encoder(tmp_path, method):
     """What the AIDA config loads: an ElectraForQuestionAnswering directory (its encoder under `electra.`); the
     reader's encoder then computes what transformers' ElectraModel does on the same packed pair, and the span

@@ -150,8 +150,9 @@ def test_pool_draws_are_uniform_without_replacement_and_topped_up():
     pool = jnp.array([[4, 9, 2, 7, -1, -1], [5, -1, -1, -1, -1, -1]])
     fallback = jnp.array([[100, 101, 102], [200, 201, 202]])
     counts = np.zeros(10)
-    for seed in range(400):
-        drawn = np.asarray(sample_from_pool(jax.random.key(seed), pool, 3, fallback))
+    draws = np.asarray(jax.vmap(lambda key: sample_from_pool(key, pool, 3, fallback))(
+        jax.random.split(jax.random.key(0), 400)))
+    for drawn in draws:
         assert len(set(drawn[0])) == 3 and set(drawn[0]) <= {4, 9, 2, 7}  # distinct, from the pool
         assert drawn[1].tolist() == [5, 201, 202]  # one entry, then the fallback's slots
         counts[drawn[0]] += 1
