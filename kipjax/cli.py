@@ -4,9 +4,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence, TypeVar
 
 import gin
+
+M = TypeVar("M")
+# What a command that works on a trained method adds to the gin bindings, so that the config's METHOD is built.
+METHOD_BINDING = "command.method = %METHOD"
 
 
 def gin_argument_parser(description: str) -> argparse.ArgumentParser:
@@ -62,6 +66,21 @@ def parse_command_line(description: str, argv: Sequence[str] | None = None,
     args = parser.parse_args(rest)
     parse_gin(args, overrides)
     return args
+
+
+@gin.configurable("command")
+def _command_method(method: Any = gin.REQUIRED) -> Any:
+    return method
+
+
+def configured_method(kind: type[M], owner: str, purpose: str) -> M:
+    """The config's METHOD (bound by `METHOD_BINDING`), or a clear exit when it is not a `kind`: `owner` names
+    the method family in the message (e.g. 'TACO'), `purpose` the command."""
+    method = _command_method()
+    if not isinstance(method, kind):
+        raise SystemExit(f"error: the config's METHOD is a {type(method).__name__}, not {owner}'s {kind.__name__}: "
+                         f"{purpose} needs a {kind.__name__} checkpoint and its config")
+    return method
 
 
 @gin.configurable

@@ -10,6 +10,7 @@ import pytest
 import torch
 import transformers
 
+from kipjax import cli
 from kipjax.methods.taco import export, inputs
 from kipjax.methods.taco.retrieval import configured_taco
 
@@ -32,7 +33,7 @@ def t5model_embeddings(path: Path, ids: np.ndarray) -> np.ndarray:
 def test_exported_encoders_embed_as_the_method_does(query_encoder, tmp_path, monkeypatch, save_initial_checkpoint):
     monkeypatch.chdir(REPO)  # gin includes are relative to the repository root
     bindings = [*TINY, f"TacoRetrieval.query_encoder = '{query_encoder}'"]
-    gin.parse_config_files_and_bindings(["gin_configs/taco/demo.gin"], [*bindings, "taco_command.method = %METHOD"])
+    gin.parse_config_files_and_bindings(["gin_configs/taco/demo.gin"], [*bindings, cli.METHOD_BINDING])
     state = save_initial_checkpoint(configured_taco("the test"), tmp_path / "run")
     gin.clear_config()
     record = export.main(["--gin_file=gin_configs/taco/demo.gin", *(f"--gin.{b.replace(' ', '')}" for b in bindings),

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kipjax import runner
+from kipjax import cli, runner
 from kipjax.methods.taco import specialization as sp
 from kipjax.methods.taco.retrieval import configured_taco
 from kipjax.optim.task_combiners import task_sensitivity_combiner
@@ -236,7 +236,7 @@ def fresh_checkpoint(model_dir: Path, save_initial_checkpoint) -> None:
     """A checkpoint of freshly initialised params at step 0 with BM25 negatives as its method state (no training),
     laid out as `python -m kipjax.train` leaves it; checks that `runner.restore_params(..., load_method_state=True)`
     gets those negatives back."""
-    gin.parse_config_files_and_bindings([DEMO], [*TINY, "taco_command.method = %METHOD"])
+    gin.parse_config_files_and_bindings([DEMO], [*TINY, cli.METHOD_BINDING])
     method = configured_taco("the test")
     method.pools = method.bm25_pools()
     method.on_epoch_start(None, 0, jax.random.PRNGKey(5))

@@ -34,30 +34,20 @@ import jax
 from kipjax import cli, runner
 from kipjax.data import aida, nif
 from kipjax.data.jsonl import json_lines, required_field
-from kipjax.methods.base import Method, Params
+from kipjax.methods.base import Params
 from kipjax.methods.entqa import gerbil_server, linking
 from kipjax.methods.entqa.data import corpus_examples
 from kipjax.methods.entqa.reader import EntqaReader
 from kipjax.methods.entqa.retriever import EntqaRetriever
 from kipjax.run_log import atomic_write_text
 
-METHOD_BINDING = "entqa_command.method = %METHOD"
-
-
-@gin.configurable("entqa_command")
-def _configured_method(method: Method = gin.REQUIRED) -> Method:
-    return method
-
-
 def load_method(gin_files: Sequence[str], bindings: Sequence[str], checkpoint: str, kind: type) -> tuple[Any, Params]:
     """The `kind` method a config's METHOD builds and its newest params under `checkpoint`, under that config
     alone (gin is cleared first)."""
     gin.clear_config()
-    cli.parse_gin(argparse.Namespace(gin_file=list(gin_files), gin_bindings=[*bindings, METHOD_BINDING],
+    cli.parse_gin(argparse.Namespace(gin_file=list(gin_files), gin_bindings=[*bindings, cli.METHOD_BINDING],
                                      gin_search_path=[]), [])
-    method = _configured_method()
-    if not isinstance(method, kind):
-        raise SystemExit(f"error: {', '.join(gin_files)} builds a {type(method).__name__}, not an {kind.__name__}")
+    method = cli.configured_method(kind, "EntQA", f"linking with {', '.join(gin_files)}")
     cli.require_checkpoint(checkpoint)
     params, step, _ = runner.restore_params(checkpoint, method)
     print(f"{kind.__name__}: step {step} of {checkpoint}", flush=True)

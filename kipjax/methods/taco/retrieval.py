@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from kipjax import partitioning
+from kipjax import cli, partitioning
 from kipjax.data.padding import pad_rows
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import COMPUTE_DTYPES
@@ -397,18 +397,9 @@ class TacoRetrieval(Method):
 
 # ------------------------------------------------------------------------------------------- commands
 
-METHOD_BINDING = "--gin_bindings=taco_command.method = %METHOD"  # what the TACO commands add to the gin flags
-
-
-@gin.configurable("taco_command")
-def _configured_method(method: Method = gin.REQUIRED) -> Method:
-    return method
+METHOD_BINDING = f"--gin_bindings={cli.METHOD_BINDING}"  # what the TACO commands add to the gin flags
 
 
 def configured_taco(purpose: str) -> TacoRetrieval:
     """The config's METHOD, bound by `METHOD_BINDING`, or a clear exit when it is not TACO's."""
-    method = _configured_method()
-    if not isinstance(method, TacoRetrieval):
-        raise SystemExit(f"error: the config's METHOD is a {type(method).__name__}, not TACO's TacoRetrieval: "
-                         f"{purpose} needs a TACO checkpoint and its config")
-    return method
+    return cli.configured_method(TacoRetrieval, "TACO", purpose)
