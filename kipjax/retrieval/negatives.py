@@ -108,3 +108,12 @@ def sample_from_pool(rng: Array, pool: Array, num: int, fallback: Array) -> Arra
     if drawn.shape[1] < num:
         drawn = jnp.pad(drawn, ((0, 0), (0, num - drawn.shape[1])), constant_values=-1)
     return jnp.where(drawn >= 0, drawn, fallback).astype(jnp.int32)
+
+
+def gold_slots_then(golds: Array, drawn: Array) -> tuple[Array, Array, Array]:
+    """Candidate rows [B, G + N]: the gold slots ([B, G], -1 padded), then the negatives `drawn` [B, N]; with
+    the gold mask and the valid mask (padded gold slots are invalid, their row 0 a placeholder)."""
+    present = golds >= 0
+    rows = jnp.concatenate([jnp.maximum(golds, 0), drawn], axis=1)
+    gold = jnp.concatenate([present, jnp.zeros_like(drawn, bool)], axis=1)
+    return rows, gold, jnp.concatenate([present, jnp.ones_like(drawn, bool)], axis=1)

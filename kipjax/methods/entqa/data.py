@@ -30,6 +30,16 @@ def passage_id(passage: Passage) -> str:
     return f"{passage.doc_id}@{passage.offset}"
 
 
+def gold_recall(examples: Sequence[PassageExample], candidates: Iterable[Iterable[int]]) -> float:
+    """The share of the passages' (passage, gold entity) pairs whose entity is among that passage's candidate
+    KB rows: the retriever's recall@k and the reader's candidate recall."""
+    found = total = 0
+    for example, rows in zip(examples, candidates, strict=True):
+        found += len(set(example.gold_entities) & {int(r) for r in rows})
+        total += len(example.gold_entities)
+    return found / max(total, 1)
+
+
 @dataclasses.dataclass
 class DocumentExamples:
     passages: list[PassageExample]

@@ -40,7 +40,7 @@ from kipjax.data.padding import pad_rows, round_up
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import setup_encoder
 from kipjax.methods.entqa import inputs, linking, reader_objective
-from kipjax.methods.entqa.data import PassageExample, SplitDocuments, passage_id, split_name
+from kipjax.methods.entqa.data import PassageExample, SplitDocuments, gold_recall, passage_id, split_name
 from kipjax.methods.joint_rerank import init_cross_encoder, pack_pairs
 from kipjax.metrics import el as el_metrics
 from kipjax.models import layers
@@ -155,7 +155,7 @@ class EntqaReader(Method):
         self.eval = self.documents.passages(self.eval_split)
         self.eval_records = self.documents.records(self.eval_split)
         self.eval_rows, self.eval_valid = self.read_candidates(self.eval_split, self.eval, eval_num_candidates)
-        self._mesh_tables: dict[str, jax.Array] | None = None  # the entity table replicated on the mesh
+        self._mesh_tables: tuple[Any, dict[str, jax.Array]] | None = None  # (mesh, the table replicated on it)
 
     # -------------------------------------------------------------------------------------------- inputs
 
@@ -226,9 +226,7 @@ class EntqaReader(Method):
         random_rng, pool_rng = jax.random.split(rng)
         random = negatives.sample_random_negatives(random_rng, golds, len(self.kb), num_negatives)
         drawn = negatives.sample_from_pool(pool_rng, batch["negative_pool"], num_negatives, random)
-        rows = jnp.concatenate([jnp.maximum(golds, 0), drawn], axis=1)
-        gold = jnp.concatenate([golds >= 0, jnp.zeros_like(drawn, bool)], axis=1)
-        return rows, gold, jnp.concatenate([golds >= 0, jnp.ones_like(drawn, bool)], axis=1)
+        return negatives.gold_slots_then(golds, drawn)
 
     def loss(self, params: Params, batch: Mapping[str, Any], rng: jax.Array) -> tuple[jax.Array, Metrics]:
         dropout_rng, candidate_rng = jax.random.split(rng)
@@ -287,11 +285,11 @@ class EntqaReader(Method):
         in batches of `eval_batch_size` passages x K pairs, the passages shared out over hosts and devices as
         `corpus_encoding` shares out a corpus; every host gets every passage's spans and selects on the host."""
         mesh = partitioning.current_mesh()
-        if self._mesh_tables is None:
-            self._mesh_tables = partitioning.put_replicated(self._entity_table, mesh)
+        if self._mesh_tables is None or self._mesh_tables[0] != mesh:
+            self._mesh_tables = mesh, partitioning.put_replicated(self._entity_table, mesh)
         step = jax.process_count() * partitioning.data_parallel_size(mesh)
         ranked = corpus_encoding.encode_everywhere(
-            self._predict, (params, self._mesh_tables), self.pack_passages(examples, rows, valid), None, mesh=mesh,
+            self._predict, (params, self._mesh_tables[1]), self.pack_passages(examples, rows, valid), None, mesh=mesh,
             batch_size=round_up(self.eval_batch_size, step), desc="read")
         log_probs, starts, ends = np.moveaxis(ranked.reshape(len(examples), 3, rows.shape[1], -1), 1, 0)
         starts, ends = starts.astype(np.int64), ends.astype(np.int64)
@@ -316,7 +314,4 @@ class EntqaReader(Method):
 
     def candidate_recall(self) -> float:
         """The share of the evaluation passages' (passage, gold entity) pairs among its candidates."""
-        pairs = [(set(e.gold_entities), set(row[ok].tolist())) for e, row, ok in
-                 zip(self.eval, self.eval_rows, self.eval_valid)]
-        total = sum(len(g) for g, _ in pairs)
-        return sum(len(g & c) for g, c in pairs) / max(total, 1)
+        return gold_recall(self.eval, (row[ok] for row, ok in zip(self.eval_rows, self.eval_valid)))

@@ -39,7 +39,7 @@ from kipjax.data.padding import pad_rows
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import setup_encoder, with_pretrained_encoders
 from kipjax.methods.entqa import inputs
-from kipjax.methods.entqa.data import PassageExample, SplitDocuments, passage_id, split_name
+from kipjax.methods.entqa.data import PassageExample, SplitDocuments, gold_recall, passage_id, split_name
 from kipjax.methods.hard_nce import BiEncoder
 from kipjax.models import hf
 from kipjax.models.bert import BertConfig
@@ -189,10 +189,7 @@ class EntqaRetriever(Method):
         # a short pool (first steps) is topped up with random ones
         hard = negatives.sample_from_pool(hard_rng, pool, num_negatives, random)
         mixed = negatives.mix_negatives(hard, random, 1.0 - self.random_fraction) if num_negatives else random
-        rows = jnp.concatenate([jnp.maximum(golds, 0), mixed], axis=1)
-        gold = jnp.concatenate([golds >= 0, jnp.zeros_like(mixed, bool)], axis=1)
-        valid = jnp.concatenate([golds >= 0, jnp.ones_like(mixed, bool)], axis=1)
-        return rows, gold, valid
+        return negatives.gold_slots_then(golds, mixed)
 
     def loss(self, params: Params, batch: Mapping[str, Any], rng: jax.Array) -> tuple[jax.Array, Metrics]:
         dropout_rng, candidate_rng = jax.random.split(rng)
@@ -274,6 +271,5 @@ class EntqaRetriever(Method):
         _, top = self.retrieve(params, ids, mask, self.eval_ks[-1])
         metrics = {}
         for k in self.eval_ks:
-            found = [len(set(e.gold_entities) & set(row[:k].tolist())) for e, row in zip(labelled, top)]
-            metrics[f"recall@{k}"] = float(sum(found) / sum(len(e.gold_entities) for e in labelled))
+            metrics[f"recall@{k}"] = gold_recall(labelled, (row[:k] for row in top))
         return metrics
