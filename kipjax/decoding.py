@@ -69,16 +69,20 @@ def _length_penalised(log_probs: Array, length: Array | int, length_penalty: flo
 
 
 def beam_search(step_fn: StepFn, cache: Any, *, batch_size: int, beam_size: int, max_length: int,
-                start_token: int, eos_token: int, pad_token: int = 0, length_penalty: float = 1.0,
+                start_token: int | Array, eos_token: int, pad_token: int = 0, length_penalty: float = 1.0,
                 constraint: Constraint | None = None, constraint_state: Any = None,
                 beam_invariant_cache: Callable[[tuple], bool] | None = None) -> BeamSearchOutput:
     """Beam search over `step_fn`; `cache` and `constraint_state` already have batch x beams rows.
     `beam_invariant_cache(path)` names cache leaves equal across one item's beams, which are never reordered.
 
+    `start_token` is one token for every row or a (batch_size,) array, one per batch item (e.g. the last token
+    of each prompt when prompts end differently).
+
     Traceable: call it inside `jax.jit` (with `step_fn` closing over the params) to compile the whole search.
     """
     b, k, n = batch_size, beam_size, batch_size * beam_size
-    seqs = jnp.full((b, k, max_length + 1), pad_token, jnp.int32).at[:, :, 0].set(start_token)
+    starts = jnp.broadcast_to(jnp.asarray(start_token, jnp.int32).reshape(-1, 1), (b, k))
+    seqs = jnp.full((b, k, max_length + 1), pad_token, jnp.int32).at[:, :, 0].set(starts)
     alive_scores = jnp.tile(jnp.array([0.0] + [NEG_INF] * (k - 1), jnp.float32), (b, 1))  # one live beam at first
     finished_seqs = jnp.full((b, k, max_length + 1), pad_token, jnp.int32)
     finished_scores = jnp.full((b, k), NEG_INF, jnp.float32)

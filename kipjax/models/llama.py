@@ -7,12 +7,19 @@ Every parameter carries logical axes: heads and the MLP hidden dim are tensor-pa
 Hooks for retrieval-augmented methods (ImpRAG reads a layer's query/key states and attends to passages
 encoded elsewhere):
 
-- `return_qk_layers=(i, ...)` returns, for each listed layer, its post-RoPE query states (batch, length, heads,
-  head_dim) and key / value states (batch, length, kv_heads, head_dim) in `CausalLMOutput`.
+- `return_qk_layers=(i, ...)` returns, for each listed layer, its query states (batch, length, heads, head_dim)
+  and key / value states (batch, length, kv_heads, head_dim) in `CausalLMOutput`: post-RoPE by default,
+  before RoPE with `rotated_states=False` (position-free, as retrieval embeddings want them).
 - `extra_kv={i: (keys, values, mask)}` lets layer `i` also attend to external (batch, M, kv_heads, head_dim)
   keys/values, as if they were a prefix: every query sees every extra key whose mask is 1 (no causality
   among them), in addition to its own causal context. Keys must already be rotated (e.g. another call's
   `key_states`). Feeding a prefix's own key/value states reproduces running prefix + suffix jointly (tested).
+- `segment_ids` (batch, length) restricts a full pass' causal attention to tokens of the same segment (several
+  texts in one row that must not read each other).
+- `layer_range=(first, last)` runs only layers first..last (unscanned layers only): from the embeddings when
+  first is 0, else from `hidden_states`, the residual stream entering layer `first`; when last is not the top
+  layer the output has no logits and `last_hidden_state` is the residual stream leaving it (no final norm).
+  A model split into layer groups (ImpRAG) runs each group this way on the same params.
 
 Incremental decoding keeps per-layer key/value caches plus the slot bookkeeping (`DecodeSlots`) in the `cache`
 collection: `prepare_cache(batch, max_length)` sizes them, `decode_step(ids, mask)` runs the next n positions
@@ -161,9 +168,9 @@ def _normalized_rope_scaling(scaling: Mapping[str, Any] | None, max_position_emb
 
 @struct.dataclass
 class CausalLMOutput:
-    logits: Array  # (batch, length, vocab), float32
-    last_hidden_state: Array  # (batch, length, hidden), after the final norm
-    # layer -> post-RoPE states of this call's positions, for the layers in `return_qk_layers`:
+    logits: Array | None  # (batch, length, vocab), float32; None when `layer_range` stops below the top layer
+    last_hidden_state: Array  # (batch, length, hidden), after the final norm (see `layer_range` otherwise)
+    # layer -> states of this call's positions, for the layers in `return_qk_layers` (see `rotated_states`):
     query_states: dict[int, Array] | None = None  # (batch, length, heads, head_dim)
     key_states: dict[int, Array] | None = None  # (batch, length, kv_heads, head_dim)
     value_states: dict[int, Array] | None = None  # (batch, length, kv_heads, head_dim)
@@ -190,10 +197,11 @@ class LlamaAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, positions: Array, bias: Array, extra: ExtraKV | None, cache: str | None,
-                 cache_index: Array | None, deterministic: bool
+                 cache_index: Array | None, deterministic: bool, rotated_states: bool = True
                  ) -> tuple[Array | None, tuple[Array, Array, Array] | None]:
-        """Returns (output, (queries, keys, values) of `x`'s positions). `bias` (batch, 1, length, kv_length)
-        masks the own keys (the whole cache under cache='step'); 'prepare' only sizes the cache from `x`."""
+        """Returns (output, (queries, keys, values) of `x`'s positions, queries and keys after RoPE unless
+        `rotated_states` is False). `bias` (batch, 1, length, kv_length) masks the own keys (the whole cache
+        under cache='step'); 'prepare' only sizes the cache from `x`."""
         cfg = self.config
         kv_heads, head_dim = cfg.num_key_value_heads, cfg.head_dim
         if cache == "prepare":
@@ -206,10 +214,11 @@ class LlamaAttention(nn.Module):
         q = _projection(cfg, "q", (cfg.num_attention_heads, head_dim), head_axes, "query", bias_on)(x)
         k = _projection(cfg, "k", (kv_heads, head_dim), head_axes, "key", bias_on)(x)
         v = _projection(cfg, "v", (kv_heads, head_dim), head_axes, "value", bias_on)(x)
+        unrotated = (q, k, v)
         inv_freq = layers.rope_inverse_frequencies(head_dim, cfg.rope_theta, cfg.rope_scaling)
         q, k = (layers.apply_rope(t, positions, inv_freq) for t in (q, k))
         q, k, v = (layers.constrain(t, layers.BATCH_LENGTH_HEADS_KV) for t in (q, k, v))
-        states = (q, k, v)
+        states = (q, k, v) if rotated_states else unrotated
         if cache == "step":
             k, v = self._write_cache(k, v, cache_index)
         if extra is not None:
@@ -259,8 +268,8 @@ class LlamaBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, bias: Array | None, positions: Array | None, cache_index: Array | None,
-                 extra: ExtraKV | None, deterministic: bool, cache: str | None, return_states: bool
-                 ) -> tuple[Array, tuple[Array, Array, Array] | None]:
+                 extra: ExtraKV | None, deterministic: bool, cache: str | None, return_states: bool,
+                 rotated_states: bool = True) -> tuple[Array, tuple[Array, Array, Array] | None]:
         cfg = self.config
         norm = dict(epsilon=cfg.rms_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         attention = LlamaAttention(cfg, name="attention")
@@ -268,7 +277,7 @@ class LlamaBlock(nn.Module):
             attention(x, positions, bias, None, cache, cache_index, deterministic)
             return x, None
         h, states = attention(layers.RMSNorm(name="attention_norm", **norm)(x), positions, bias, extra, cache,
-                              cache_index, deterministic)
+                              cache_index, deterministic, rotated_states)
         x = x + h
         x = x + LlamaMLP(cfg, name="mlp")(layers.RMSNorm(name="mlp_norm", **norm)(x))
         return layers.constrain(x, layers.BATCH_LENGTH_EMBED), states if return_states else None
@@ -306,11 +315,13 @@ class DecodeSlots(nn.Module):
         return positions, jnp.where(visible, 0.0, layers.MASK_VALUE)[:, None], start
 
 
-def _full_pass_bias(attention_mask: Array) -> Array:
-    """(batch, 1, length, length): causal, and masked keys hidden."""
+def _full_pass_bias(attention_mask: Array, segment_ids: Array | None = None) -> Array:
+    """(batch, 1, length, length): causal, masked keys hidden, and (with `segment_ids`) other segments hidden."""
     length = attention_mask.shape[1]
     causal = jnp.arange(length)[None, :] <= jnp.arange(length)[:, None]
     visible = causal[None] & attention_mask[:, None, :].astype(bool)
+    if segment_ids is not None:
+        visible = visible & (segment_ids[:, :, None] == segment_ids[:, None, :])
     return jnp.where(visible, 0.0, layers.MASK_VALUE)[:, None]
 
 
@@ -331,37 +342,41 @@ class Llama(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, input_ids: Array, attention_mask: Array | None = None, positions: Array | None = None,
+    def __call__(self, input_ids: Array | None, attention_mask: Array | None = None, positions: Array | None = None,
                  deterministic: bool = True, cache: str | None = None, max_length: int | None = None,
-                 extra_kv: Mapping[int, ExtraKV] | None = None,
-                 return_qk_layers: Sequence[int] = ()) -> CausalLMOutput | None:
+                 extra_kv: Mapping[int, ExtraKV] | None = None, return_qk_layers: Sequence[int] = (),
+                 rotated_states: bool = True, segment_ids: Array | None = None,
+                 layer_range: tuple[int, int] | None = None, hidden_states: Array | None = None
+                 ) -> CausalLMOutput | None:
         """Logits of (batch, length) `input_ids`.
 
         `attention_mask` (1 = token, 0 = pad; left or right padding) defaults to all ones; `positions` default to
         `default_positions(attention_mask)`, continued across calls under cache='step'. `cache`: None for a full
         pass; 'prepare' only sizes the caches for `input_ids.shape[0]` rows and `max_length` (default
         `input_ids.shape[1]`) positions and returns None (run through `apply(..., mutable=['cache'])`); 'step'
-        feeds the next positions at the running cache slot. `extra_kv` / `return_qk_layers`: see the module
-        docstring.
+        feeds the next positions at the running cache slot. `extra_kv` / `return_qk_layers` / `rotated_states` /
+        `segment_ids` / `layer_range` / `hidden_states`: see the module docstring.
         """
         cfg = self.config
         if cache not in CACHE_MODES:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {cache!r}")
+        first, last = self._checked_range(layer_range, cache, segment_ids, hidden_states)
         extra_kv = dict(extra_kv or {})
         return_qk_layers = tuple(return_qk_layers)
-        bad = sorted(i for i in (*extra_kv, *return_qk_layers) if not 0 <= i < cfg.num_hidden_layers)
+        bad = sorted(i for i in (*extra_kv, *return_qk_layers) if not first <= i <= last)
         if bad:
-            raise ValueError(f"layer indices {bad} are out of range for {cfg.num_hidden_layers} layers")
+            raise ValueError(f"layer indices {bad} are out of range for layers {first}..{last}")
         if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
+            rows = input_ids if hidden_states is None else hidden_states[..., 0]
+            attention_mask = jnp.ones(rows.shape, jnp.int32)
         embed = layers.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                              embedding_init=nn.initializers.normal(cfg.initializer_range), name="embed_tokens")
 
         cache_index = None
         if cache is None:
             positions = default_positions(attention_mask) if positions is None else positions
-            bias = _full_pass_bias(attention_mask)
-            x = embed(input_ids)
+            bias = _full_pass_bias(attention_mask, segment_ids)
+            x = embed(input_ids) if hidden_states is None else hidden_states.astype(cfg.dtype)
         elif cache == "prepare":
             max_length = input_ids.shape[1] if max_length is None else max_length
             DecodeSlots(name="decode_slots")(attention_mask, None, cache, max_length)
@@ -374,44 +389,68 @@ class Llama(nn.Module):
 
         block_cls = LlamaBlock
         # Remat only for a full pass (decoding has no backward pass). Static argnums: 6 is `deterministic`
-        # (0 is the module), 7 `cache`, 8 whether to return states.
+        # (0 is the module), 7 `cache`, 8 whether to return states, 9 whether they are rotated.
         if cfg.remat and cache is None:
-            block_cls = nn.remat(LlamaBlock, static_argnums=(6, 7, 8), prevent_cse=not cfg.scan_layers)
+            block_cls = nn.remat(LlamaBlock, static_argnums=(6, 7, 8, 9), prevent_cse=not cfg.scan_layers)
         states: dict[int, tuple[Array, Array, Array]] = {}
         if cfg.scan_layers:
             stack = nn.scan(block_cls, variable_axes={"params": 0, "cache": 1},
                             split_rngs={"params": True, "dropout": True},
                             in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0, nn.broadcast, nn.broadcast,
-                                     nn.broadcast), length=cfg.num_hidden_layers,
+                                     nn.broadcast, nn.broadcast), length=cfg.num_hidden_layers,
                             metadata_params={nn.PARTITION_NAME: "layers"})
             extra = _stacked_extra(extra_kv, cfg.num_hidden_layers) if extra_kv else None
             x, stacked = stack(cfg, name="layers")(x, bias, positions, cache_index, extra, deterministic, cache,
-                                                   bool(return_qk_layers))
+                                                   bool(return_qk_layers), rotated_states)
             states = {i: jax.tree_util.tree_map(lambda s: s[i], stacked) for i in return_qk_layers}
         else:
-            for i in range(cfg.num_hidden_layers):
+            for i in range(first, last + 1):
                 x, layer_states = block_cls(cfg, name=f"layer_{i}")(x, bias, positions, cache_index, extra_kv.get(i),
-                                                                     deterministic, cache, i in return_qk_layers)
+                                                                     deterministic, cache, i in return_qk_layers,
+                                                                     rotated_states)
                 if layer_states is not None:
                     states[i] = layer_states
         if cache == "prepare":
             return None
 
-        x = layers.RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
-        if cfg.tie_word_embeddings:
-            logits = embed.attend(x)
-        else:
-            logits = layers.Dense(cfg.vocab_size, ("embed", "vocab"), use_bias=False, dtype=cfg.dtype,
-                                  param_dtype=cfg.param_dtype,
-                                  kernel_init=nn.initializers.normal(cfg.initializer_range), name="lm_head")(x)
-        logits = layers.constrain(logits.astype(jnp.float32),
-                                  ("activation_batch", "activation_length", "activation_vocab"))
+        logits = None
+        if last == cfg.num_hidden_layers - 1:
+            x = layers.RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="final_norm")(x)
+            logits = self._logits(embed, x)
         if not return_qk_layers:
             return CausalLMOutput(logits=logits, last_hidden_state=x)
         return CausalLMOutput(logits=logits, last_hidden_state=x,
                               query_states={i: s[0] for i, s in states.items()},
                               key_states={i: s[1] for i, s in states.items()},
                               value_states={i: s[2] for i, s in states.items()})
+
+    def _checked_range(self, layer_range: tuple[int, int] | None, cache: str | None, segment_ids: Array | None,
+                       hidden_states: Array | None) -> tuple[int, int]:
+        """(first, last) layers to run, after checking the options that go with them."""
+        cfg = self.config
+        top = cfg.num_hidden_layers - 1
+        first, last = (0, top) if layer_range is None else layer_range
+        if not 0 <= first <= last <= top:
+            raise ValueError(f"layer_range {layer_range} must satisfy 0 <= first <= last <= {top}")
+        if (first, last) != (0, top) and cfg.scan_layers:
+            raise ValueError("layer_range needs unscanned layers (scan_layers=False): scanned layers run all at once")
+        if (first > 0) != (hidden_states is not None):
+            raise ValueError("hidden_states (the residual stream entering layer `first`) must be given exactly "
+                             f"when layer_range starts above layer 0, got layer_range {layer_range}")
+        if cache is not None and (segment_ids is not None or first > 0):
+            raise ValueError("segment_ids and layer_range starting above layer 0 are for full passes (cache=None)")
+        return first, last
+
+    def _logits(self, embed: layers.Embed, x: Array) -> Array:
+        cfg = self.config
+        if cfg.tie_word_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = layers.Dense(cfg.vocab_size, ("embed", "vocab"), use_bias=False, dtype=cfg.dtype,
+                                  param_dtype=cfg.param_dtype,
+                                  kernel_init=nn.initializers.normal(cfg.initializer_range), name="lm_head")(x)
+        return layers.constrain(logits.astype(jnp.float32),
+                                ("activation_batch", "activation_length", "activation_vocab"))
 
     def prepare_cache(self, batch_size: int, max_length: int) -> None:
         """Run as `model.apply({'params': p}, batch, max_length, method=Llama.prepare_cache, mutable=['cache'])`:

@@ -77,7 +77,7 @@ def checkpoint(request, tmp_path_factory):
 
 
 def forward(model: Llama, params, ids=IDS, mask=MASK, jit: bool = True, **kwargs):
-    apply = jax.jit(model.apply, static_argnames=("return_qk_layers",)) if jit else model.apply
+    apply = jax.jit(model.apply, static_argnames=("return_qk_layers", "rotated_states")) if jit else model.apply
     return apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask), **kwargs)
 
 
@@ -250,9 +250,52 @@ def test_query_key_value_states_are_the_rotated_projections(checkpoint):
         q, k, v = (proj(x).view(*IDS.shape, -1, cfg.head_dim).transpose(1, 2)
                    for proj in (attention.q_proj, attention.k_proj, attention.v_proj))
         cos, sin = torch_model.model.rotary_emb(x, positions)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-    for got, want in ((out.query_states[1], q), (out.key_states[1], k), (out.value_states[1], v)):
+        rotated_q, rotated_k = apply_rotary_pos_emb(q, k, cos, sin)
+    for got, want in ((out.query_states[1], rotated_q), (out.key_states[1], rotated_k), (out.value_states[1], v)):
         np.testing.assert_allclose(np.asarray(got)[VALID], want.transpose(1, 2).numpy()[VALID], atol=1e-4, rtol=0)
+    unrotated = forward(model, params, return_qk_layers=(1,), rotated_states=False)
+    for got, want in ((unrotated.query_states[1], q), (unrotated.key_states[1], k), (unrotated.value_states[1], v)):
+        np.testing.assert_allclose(np.asarray(got)[VALID], want.transpose(1, 2).numpy()[VALID], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("checkpoint", ["gqa_untied"], indirect=True)
+def test_layer_ranges_chain_into_the_full_pass(checkpoint):
+    _, path, torch_model, torch_full = checkpoint
+    model, params = hf.load_pretrained(path)
+    apply = jax.jit(model.apply, static_argnames=("layer_range",))
+    bottom = apply({"params": params}, jnp.asarray(IDS), jnp.asarray(MASK), layer_range=(0, 1))
+    assert bottom.logits is None
+    with torch.no_grad():  # hidden_states[2] is the residual stream leaving layer 1
+        hidden = torch_model(input_ids=torch.from_numpy(IDS), attention_mask=torch.from_numpy(MASK),
+                             position_ids=torch.from_numpy(np.array(default_positions(jnp.asarray(MASK)))),
+                             output_hidden_states=True).hidden_states[2].numpy()
+    np.testing.assert_allclose(np.asarray(bottom.last_hidden_state)[VALID], hidden[VALID], atol=1e-4, rtol=0)
+    top = apply({"params": params}, None, jnp.asarray(MASK), layer_range=(2, 2),
+                hidden_states=bottom.last_hidden_state)
+    np.testing.assert_allclose(np.asarray(top.logits)[VALID], torch_full[VALID], atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="hidden_states"):
+        model.apply({"params": params}, jnp.asarray(IDS), layer_range=(1, 2))
+    with pytest.raises(ValueError, match="0 <= first <= last"):
+        model.apply({"params": params}, jnp.asarray(IDS), layer_range=(0, 3))
+    scanned, scanned_params = hf.load_pretrained(path, scan_layers=True)
+    with pytest.raises(ValueError, match="unscanned"):
+        scanned.apply({"params": scanned_params}, jnp.asarray(IDS), layer_range=(0, 1))
+
+
+@pytest.mark.parametrize("checkpoint", ["gqa_untied"], indirect=True)
+def test_segments_of_one_row_do_not_read_each_other(checkpoint):
+    _, path, _, torch_full = checkpoint
+    model, params = hf.load_pretrained(path)
+    # Row 0's first 5 tokens and row 1's last 6 as two segments of one row, each with positions from 0: each
+    # segment's logits are those of the text run alone.
+    first, second = IDS[0, :5], IDS[1, 5:]
+    ids = np.concatenate([first, second])[None]
+    segments = jnp.asarray(np.repeat([0, 1], [5, 6])[None])
+    positions = jnp.asarray(np.concatenate([np.arange(5), np.arange(6)])[None])
+    out = forward(model, params, ids, np.ones_like(ids), segment_ids=segments, positions=positions)
+    alone = [np.asarray(forward(model, params, t[None], np.ones((1, len(t)), np.int64)).logits[0])
+             for t in (first, second)]
+    np.testing.assert_allclose(np.asarray(out.logits[0]), np.concatenate(alone), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("checkpoint", ["gqa_untied"], indirect=True)
