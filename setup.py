@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "pytrec-eval-terrier>=0.5",  # trec_eval's measures (passage-level R-precision on KILT); import pytrec_eval
     "rdflib>=7,<8",  # NIF (RDF Turtle) entity-linking corpora and GERBIL files: kipjax.data.nif
     "bm25s>=0.2",  # BM25 hard negatives (TACO's warmup)
+    "regex",  # \p{L}-style classes for DPR's answer tokenizer: kipjax.metrics.qa
 ]
 
 setup(
@@ -37,11 +38,11 @@ setup(
     # The bundled demo dataset (documents/, mentions/, tokenizer/) ships inside the package.
     package_data={"kipjax.data": ["demo_zeshel/*/*", "demo_coref/*", "demo_coref/*/*", "demo_docred/*", "demo_docred/*/*",
                                   "demo_kilt/*", "demo_kilt/*/*", "demo_entqa/*",
-                                  "demo_entqa/*/*"]},
+                                  "demo_entqa/*/*", "demo_imprag/*", "demo_imprag/*/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         # torch (CPU build) is only needed for parity tests against transformers' PyTorch models.
-        "test": ["pytest>=8", "torch==2.13.0"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0"],
         "faiss": ["faiss-cpu"],
     },
 )
