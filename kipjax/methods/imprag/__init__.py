@@ -1,0 +1,1 @@
+"""ImpRAG (chapter 5): retrieval-augmented generation with implicit queries, one Llama for both."""
