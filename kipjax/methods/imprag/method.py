@@ -1,0 +1,357 @@
+"""ImpRAG as a trainable method (chapter 5): fine-tunes one Llama to retrieve with implicit queries, read the
+retrieved passages in its middle layers and generate, and evaluates exact match and answer recall.
+
+Training (5.3.2): every step minimises J = J_gen + lambda * J_ret (objectives.py) on a batch mixing retrieval
+tasks (each row reads its candidate passages C: the teacher's top `positives` and `hard_negatives` drawn from
+its ranks `hard_ranks`, redrawn every epoch), instruction-tuning tasks and plain text (rows that read nothing
+and have no J_ret). J_ret is the warmup's in-batch multi-label NCE for the first `warmup_epochs` epochs, then
+self-distillation. Where the chapter is silent, kipjax chooses (each a binding):
+  * C is the same set in both phases ("the same set of candidate passages", 5.3.2), and J_gen reads all of C
+    (5 + 5 by default, the 10 passages inference reads);
+  * the switch is per epoch, inside one run with one schedule (the chapter's 10 epochs, warmup in the first 3);
+  * plain text: `plain_text_share` of the training rows are passages of the corpus as text to continue.
+Evaluation (5.3.3): the corpus is encoded with L_B only (sharded over devices and hosts), each evaluation
+prompt's query embedding searches it (exact or ScaNN), its top `top_k` passages are encoded for L_M and the
+answer is decoded greedily with the cache; exact match and answer recall@k (`kipjax.metrics.qa`) per task and
+averaged, and the same model's exact match without retrieval (L_M reads nothing), the no-retrieval baseline.
+Retrieval recall is not reported for fact checking, whose answers are True / False (5.4.1).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kipjax import partitioning
+from kipjax.data.kilt import read_passages
+from kipjax.data.padding import round_up
+from kipjax.methods.base import Method, Metrics, Params
+from kipjax.methods.encoder_setup import COMPUTE_DTYPES
+from kipjax.methods.imprag import data
+from kipjax.methods.imprag.model import ImpragModel, LayerGroups
+from kipjax.methods.imprag.objectives import generation_loss, in_batch_nce_loss, self_distillation_loss
+from kipjax.methods.imprag.pseudo_labels import pseudo_label_path
+from kipjax.methods.imprag.templates import FEVER_ANSWERS, PromptExample
+from kipjax.methods.model_source import check_model_source
+from kipjax.methods.taco.data import token_table
+from kipjax.methods.taco.inputs import passage_text
+from kipjax.metrics import qa as qa_metrics
+from kipjax.models import hf
+from kipjax.models.llama import Llama, LlamaConfig
+from kipjax.partitioning import fill_boxed
+from kipjax.retrieval import corpus_encoding
+from kipjax.run_log import atomic_write_text, track
+
+LENGTH_MULTIPLE = 16  # evaluation prompts are padded to a multiple of this, so batches share compilations
+
+
+@gin.configurable
+class Imprag(Method):
+    """ImpRAG on a Llama (module docstring).
+
+    Args:
+      passages_file: the knowledge corpus in DPR's TSV layout (`kipjax.data.kilt.read_passages`).
+      train_files / eval_files: "FORMAT:PATH" task files (`task_readers.READERS`); `examples_per_dataset` of each
+        training file (the chapter: 5,000). pseudo_labels_dir: the teacher's rankings of the training files'
+        retrieving examples (`python -m kipjax.methods.imprag.pseudo_labels`).
+      tokenizer_dir / pretrained / model_config: a local Hugging Face Llama directory, or a config from scratch.
+      groups: the layer boundaries b and t. passage_encoding / rotated_embeddings: see `ImpragModel`.
+      positives / hard_negatives / hard_ranks: the candidate set C (top 5; < 10 drawn from ranks 10-50).
+      warmup_epochs: epochs of the NCE warmup before self-distillation (3 of 10; 0: distillation only; at least
+        the run's epochs: warmup only). retrieval_weight: lambda. teacher_temperature / retriever_temperature:
+        the temperatures of P_T and P_R.
+      plain_text_share: plain-text rows, as a share of all training rows.
+      max_prompt_tokens / max_response_tokens / passage_tokens: token budgets (l_max = passage_tokens).
+      top_k: passages read at evaluation (10). search: 'exact' or 'scann'. eval_batch_size / encode_batch_size:
+        prompts decoded / texts embedded together. max_new_tokens: the answer budget. eval_limit: the first N
+        examples of each evaluation file. predictions_dir: if set, each evaluation file's predictions (with the
+        retrieved passages) are written there as `kipjax.metrics.qa` reads them.
+    """
+
+    def __init__(
+        self,
+        passages_file: str = gin.REQUIRED,
+        train_files: Sequence[str] = gin.REQUIRED,
+        eval_files: Sequence[str] = gin.REQUIRED,
+        pseudo_labels_dir: str = gin.REQUIRED,
+        tokenizer_dir: str | None = None,
+        pretrained: str | None = None,
+        model_config: LlamaConfig | None = None,
+        groups: LayerGroups = LayerGroups(),
+        passage_encoding: str = "concatenated",
+        rotated_embeddings: bool = False,
+        examples_per_dataset: int | None = 5000,
+        positives: int = 5,
+        hard_negatives: int = 5,
+        hard_ranks: tuple[int, int] = (10, 50),
+        warmup_epochs: int = 3,
+        retrieval_weight: float = 1.0,
+        teacher_temperature: float = 1.0,
+        retriever_temperature: float = 1.0,
+        plain_text_share: float = 0.1,
+        max_prompt_tokens: int = 256,
+        max_response_tokens: int = 64,
+        passage_tokens: int = 128,
+        top_k: int = 10,
+        search: str = "exact",
+        eval_batch_size: int = 8,
+        encode_batch_size: int = 64,
+        max_new_tokens: int = 16,
+        eval_limit: int | None = None,
+        predictions_dir: str | None = None,
+        seed: int = 0,
+        compute_dtype: str = "float32",
+        remat: bool = False,
+    ):
+        check_model_source("Imprag", "Llama", pretrained, model_config, tokenizer_dir)
+        self.tokenizer = hf.load_tokenizer(tokenizer_dir or pretrained)
+        if self.tokenizer.eos_token_id is None:
+            raise ValueError("Imprag: the tokenizer has no eos token")
+        overrides: dict[str, Any] = {"dtype": COMPUTE_DTYPES[compute_dtype], "remat": remat, "scan_layers": False}
+        self.pretrained_params = None
+        if pretrained is not None:
+            llama, self.pretrained_params = hf.load_pretrained(pretrained, **overrides)
+        else:
+            llama = Llama(dataclasses.replace(model_config, **overrides))
+        if llama.config.vocab_size < len(self.tokenizer):
+            raise ValueError(f"Imprag: the model's vocab_size {llama.config.vocab_size} is smaller than the "
+                             f"tokenizer's {len(self.tokenizer)} tokens")
+        self.model = ImpragModel(llama, groups, passage_encoding, rotated_embeddings)
+        if positives < 1 or hard_negatives < 0 or not 1 <= hard_ranks[0] <= hard_ranks[1]:
+            raise ValueError(f"Imprag: need positives >= 1, hard_negatives >= 0 and 1 <= hard_ranks[0] <= "
+                             f"hard_ranks[1], got {positives}, {hard_negatives}, {hard_ranks}")
+        self.positives, self.hard_negatives, self.hard_ranks = positives, hard_negatives, tuple(hard_ranks)
+        self.warmup_epochs, self.retrieval_weight = warmup_epochs, retrieval_weight
+        self.teacher_temperature, self.retriever_temperature = teacher_temperature, retriever_temperature
+        self.max_prompt_tokens, self.max_response_tokens = max_prompt_tokens, max_response_tokens
+        self.top_k, self.search, self.max_new_tokens = top_k, search, max_new_tokens
+        self.eval_batch_size, self.encode_batch_size = eval_batch_size, encode_batch_size
+        self.predictions_dir, self.seed = predictions_dir, seed
+
+        corpus = read_passages(passages_file)
+        self.passage_ids = [str(i) for i in corpus.ids]
+        self.passage_texts = [passage_text(t, x) for t, x in zip(corpus.titles, corpus.texts)]
+        self.passage_table = token_table(self.tokenizer, self.passage_texts, passage_tokens,
+                                         desc="tokenize passages")
+        self.training, self.rankings = self._training_set(train_files, examples_per_dataset, pseudo_labels_dir)
+        self.training += self._plain_text(len(self.training), plain_text_share)
+        self.rankings += [None] * (len(self.training) - len(self.rankings))
+        self.eval_sets = [(source, data.read_sources([source], eval_limit)) for source in eval_files]
+        self.candidates = np.full((len(self.training), positives + hard_negatives), data.CANDIDATE_PAD)
+        self.positive = np.zeros(self.candidates.shape, bool)
+        self.distill = False
+        self._jit_generate = jax.jit(self.model.generate, static_argnames=("passage_slots", "max_new_tokens",
+                                                                           "eos_token"))
+        self._jit_states = jax.jit(self.model.passage_states)
+
+    # ---------------------------------------------------------------------------------------------- data
+
+    def _training_set(self, sources: Sequence[str], per_dataset: int | None, labels_dir: str
+                      ) -> tuple[list[PromptExample], list[list[int] | None]]:
+        """The training files' examples and, per example, the teacher's ranking (passage rows; None for an
+        example that does not retrieve). Pseudo-labels are matched within their own file (ids repeat across
+        datasets)."""
+        rows = {pid: i for i, pid in enumerate(self.passage_ids)}
+        examples: list[PromptExample] = []
+        rankings: list[list[int] | None] = []
+        for source in sources:
+            read = data.read_sources([source], per_dataset)
+            labels: dict[str, list[int]] = {}
+            if any(e.retrieve for e in read):
+                path = pseudo_label_path(labels_dir, source)
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"Imprag: no pseudo-labels {path} for {source}; write them with "
+                                            "python -m kipjax.methods.imprag.pseudo_labels")
+                labels = data.read_pseudo_labels(path, rows)
+            for example in read:
+                if example.retrieve and example.id not in labels:
+                    raise ValueError(f"Imprag: example {example.id!r} of {source} has no pseudo-labels in "
+                                     f"{pseudo_label_path(labels_dir, source)}")
+                rankings.append(labels[example.id] if example.retrieve else None)
+            examples += read
+        return examples, rankings
+
+    def _plain_text(self, task_rows: int, share: float) -> list[PromptExample]:
+        """Corpus passages as text to continue, `share` of all training rows (drawn without replacement)."""
+        if not 0 <= share < 1:
+            raise ValueError(f"Imprag: plain_text_share must be in [0, 1), got {share}")
+        count = min(round(task_rows * share / (1 - share)), len(self.passage_texts))
+        picked = np.random.default_rng(self.seed).choice(len(self.passage_texts), size=count, replace=False)
+        return [PromptExample(f"plain-{r}", "plain_text", "", self.passage_texts[r], (), False) for r in picked]
+
+    def train_examples(self) -> dict[str, np.ndarray]:
+        sequences = [data.tokenize_example(self.tokenizer, e, self.max_prompt_tokens, self.max_response_tokens)
+                     for e in self.training]
+        width = round_up(max(len(s.ids) for s in sequences) - 1, LENGTH_MULTIPLE)
+        return {**data.training_arrays(sequences, width), "example_index": np.arange(len(sequences), dtype=np.int32)}
+
+    def on_epoch_start(self, params: Params, epoch: int, rng: jax.Array) -> None:
+        """This epoch's candidate sets (fresh hard negatives) and retrieval objective."""
+        generator = np.random.default_rng([self.seed, epoch])
+        for row, ranking in enumerate(self.rankings):
+            if ranking is not None:
+                self.candidates[row], self.positive[row] = data.draw_candidates(
+                    ranking, self.positives, self.hard_negatives, self.hard_ranks, generator)
+        self.distill = epoch >= self.warmup_epochs
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"candidates": self.candidates, "positive": self.positive, "distill": np.asarray(self.distill)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.candidates, self.positive = np.asarray(state["candidates"]), np.asarray(state["positive"], bool)
+        self.distill = bool(state["distill"])
+
+    def batch_from_features(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The rows' sequences with their candidates' passage tokens gathered from the corpus."""
+        rows = features["example_index"]
+        candidates = self.candidates[rows]
+        valid = candidates != data.CANDIDATE_PAD
+        passages = np.where(valid[..., None], self.passage_table[np.maximum(candidates, 0)], 0).astype(np.int32)
+        names = ("input_ids", "attention_mask", "targets", "loss_mask", "query_index")
+        return {**{n: features[n] for n in names}, "candidate_ids": candidates.astype(np.int32),
+                "candidate_valid": valid, "positive": self.positive[rows], "passage_ids": passages,
+                "passage_mask": (passages != 0).astype(np.int32),
+                "distill": np.full(len(rows), self.distill, np.int32)}
+
+    # --------------------------------------------------------------------------------------------- model
+
+    def init(self, rng: jax.Array, batch: Mapping[str, Any]) -> Params:
+        params = self.model.llama.init(rng, batch["input_ids"][:1], batch["attention_mask"][:1])["params"]
+        if self.pretrained_params is not None:
+            params = fill_boxed(params, self.pretrained_params)
+        return params
+
+    def loss(self, params: Params, batch: Mapping[str, Any], rng: jax.Array) -> tuple[jax.Array, Metrics]:
+        model = self.model
+        rows, count, l_max = batch["passage_ids"].shape
+        rngs = {"dropout": rng}
+        passage_ids = batch["passage_ids"].reshape(rows * count, l_max)
+        passage_mask = batch["passage_mask"].reshape(rows * count, l_max)
+        embeddings, single = model.candidate_states(params, passage_ids, passage_mask, deterministic=False,
+                                                    rngs=rngs)
+        embeddings = embeddings.reshape(rows, count, -1)
+        if model.passage_encoding == "independent":
+            reading = model.concatenate_candidates(single, rows)
+        else:
+            reading = model.passage_states(params, batch["passage_ids"], batch["passage_mask"], deterministic=False,
+                                           rngs=rngs)
+        out = model.read(params, batch["input_ids"], batch["attention_mask"], reading, count * l_max,
+                         deterministic=False, rngs=rngs)
+        j_gen = generation_loss(out.logits, batch["targets"], batch["loss_mask"])
+        queries = model.embedding_of(out, batch["query_index"])
+        valid = batch["candidate_valid"]
+        warmup = in_batch_nce_loss(queries, embeddings, batch["candidate_ids"], valid, batch["positive"])
+
+        def distillation() -> jax.Array:
+            likelihoods = model.candidate_log_likelihoods(params, batch["input_ids"], batch["attention_mask"],
+                                                          batch["targets"], batch["loss_mask"], single)
+            return self_distillation_loss(queries, embeddings, valid, likelihoods, self.teacher_temperature,
+                                          self.retriever_temperature)
+
+        j_ret = jax.lax.cond(batch["distill"][0] > 0, distillation, lambda: warmup)
+        scores = jnp.einsum("bd,bcd->bc", queries, embeddings)
+        best = jnp.argmax(jnp.where(valid, scores, -jnp.inf), axis=-1)
+        top_is_positive = jnp.take_along_axis(batch["positive"], best[:, None], axis=1)[:, 0]
+        retrieving = jnp.any(valid, axis=1).astype(jnp.float32)
+        metrics = {"generation_loss": j_gen, "retrieval_loss": j_ret,
+                   "top1_is_pseudo_positive": (top_is_positive * retrieving).sum() / jnp.maximum(retrieving.sum(), 1)}
+        return j_gen + self.retrieval_weight * j_ret, metrics
+
+    # ---------------------------------------------------------------------------------------- evaluation
+
+    def _encode_passages(self, params: Params, ids: jax.Array, mask: jax.Array) -> jax.Array:
+        return self.model.passage_embeddings(params, ids, mask)
+
+    def _encode_queries(self, params: Params, ids: jax.Array, mask: jax.Array) -> jax.Array:
+        return self.model.query_embeddings(params, ids, mask)
+
+    def _prompt_arrays(self, examples: Sequence[PromptExample], left: bool) -> tuple[np.ndarray, np.ndarray]:
+        """[N, width] prompt tokens, left-padded (generation) or right-padded (embedding), and their mask."""
+        prompts = [data.prompt_tokens(self.tokenizer, e, self.max_prompt_tokens) for e in examples]
+        width = round_up(max(len(p) for p in prompts), LENGTH_MULTIPLE)
+        ids = np.zeros((len(prompts), width), np.int32)
+        mask = np.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            span = slice(width - len(prompt), width) if left else slice(0, len(prompt))
+            ids[row, span], mask[row, span] = prompt, 1
+        return ids, mask
+
+    def retrieve(self, params: Params, examples: Sequence[PromptExample],
+                 corpus: tuple[np.ndarray, corpus_encoding.CorpusLayout]) -> np.ndarray:
+        """[N, top_k] passage rows for each example's prompt, best first."""
+        mesh = partitioning.current_mesh()
+        ids, mask = self._prompt_arrays(examples, left=False)
+        queries = corpus_encoding.encode_everywhere(self._encode_queries, params, ids, mask, mesh=mesh,
+                                                    batch_size=self.encode_batch_size, desc="encode queries")
+        local, layout = corpus
+        _, top = corpus_encoding.search_corpus(self.search, queries, local, layout, mesh, self.top_k,
+                                               query_batch=self.encode_batch_size)
+        return top
+
+    def answer(self, params: Params, examples: Sequence[PromptExample], passages: np.ndarray | None
+               ) -> list[str]:
+        """Greedy answers, reading each example's `passages` rows ([N, k]; None: no retrieval)."""
+        ids, mask = self._prompt_arrays(examples, left=True)
+        answers: list[str] = []
+        for start in track(range(0, len(examples), self.eval_batch_size), total=len(examples), desc="generate",
+                           unit="prompts", rows_per_item=self.eval_batch_size):
+            rows = slice(start, start + self.eval_batch_size)
+            batch_ids, batch_mask = ids[rows], mask[rows]
+            pad = self.eval_batch_size - len(batch_ids)  # one compiled shape for every batch
+            batch_ids, batch_mask = (np.pad(a, ((0, pad), (0, 0))) for a in (batch_ids, batch_mask))
+            batch_mask[len(batch_mask) - pad:, -1] = 1  # a padding row still needs a token to decode from
+            states, slots = None, 0
+            if passages is not None:
+                tokens = self.passage_table[np.pad(passages[rows], ((0, pad), (0, 0)))].astype(np.int32)
+                states = self._jit_states(params, jnp.asarray(tokens), jnp.asarray((tokens != 0).astype(np.int32)))
+                slots = tokens.shape[1] * tokens.shape[2]
+            out = self._jit_generate(params, jnp.asarray(batch_ids), jnp.asarray(batch_mask), states,
+                                     passage_slots=slots, max_new_tokens=self.max_new_tokens,
+                                     eos_token=self.tokenizer.eos_token_id)
+            for row in np.asarray(out)[:len(ids[rows])]:
+                answers.append(self._decode(row))
+        return answers
+
+    def _decode(self, tokens: np.ndarray) -> str:
+        eos = np.flatnonzero(tokens == self.tokenizer.eos_token_id)
+        kept = tokens[:eos[0]] if len(eos) else tokens
+        return self.tokenizer.decode(kept.tolist(), skip_special_tokens=True).strip()
+
+    def evaluate(self, params: Params) -> Metrics:
+        """Per evaluation file and averaged: exact match and answer recall@1/@k with retrieval, and exact match
+        without retrieval (the same model, L_M reading nothing)."""
+        corpus = corpus_encoding.encode_corpus(self._encode_passages, params, self.passage_table,
+                                               (self.passage_table != 0).astype(np.int32),
+                                               mesh=partitioning.current_mesh(), batch_size=self.encode_batch_size,
+                                               desc="encode corpus")
+        metrics: Metrics = {}
+        for source, examples in self.eval_sets:
+            name = examples[0].task if examples else source
+            top = self.retrieve(params, examples, corpus)
+            predictions = self.answer(params, examples, top)
+            blind = self.answer(params, examples, None)
+            gold = [{"id": e.id, "answers": list(e.answers)} for e in examples]
+            ranked = [[self.passage_texts[r] for r in row] for row in top]
+            rows = [{"id": e.id, "prediction": p, "passages": r} for e, p, r in zip(examples, predictions, ranked)]
+            scored = qa_metrics.evaluate(gold, rows, ks=sorted({1, self.top_k}))
+            metrics[f"{name}/exact_match"] = scored["exact_match"]
+            if not all(set(e.answers) <= set(FEVER_ANSWERS.values()) for e in examples):
+                for k in sorted({1, self.top_k}):
+                    metrics[f"{name}/answer_recall@{k}"] = scored[f"answer_recall@{k}"]
+            metrics[f"{name}/no_retrieval_exact_match"] = qa_metrics.evaluate(
+                gold, [{"id": e.id, "prediction": p} for e, p in zip(examples, blind)], ks=[1])["exact_match"]
+            if self.predictions_dir and jax.process_index() == 0:
+                os.makedirs(self.predictions_dir, exist_ok=True)
+                atomic_write_text(os.path.join(self.predictions_dir, f"{os.path.basename(source)}.predictions.jsonl"),
+                                  "".join(json.dumps(r) + "\n" for r in rows))
+        for measure in ("exact_match", f"answer_recall@{self.top_k}", "no_retrieval_exact_match"):
+            values = [v for k, v in metrics.items() if k.endswith("/" + measure)]
+            if values:
+                metrics[f"average/{measure}"] = float(np.mean(values))
+        return metrics
