@@ -68,8 +68,9 @@ def test_index_needs_something_to_write(tmp_path, capsys):
                                     "lmrc/docred_rc_llama3_1_8b.gin", "taco/demo.gin", "taco/kilt_t5_base.gin",
                                     "entqa/demo_retriever.gin", "entqa/demo_reader.gin",
                                     "entqa/aida_blink_retriever.gin", "entqa/aida_electra_large_reader.gin",
-                                    *sorted(f"taco/ablations/{p.name}" for p in
-                                            (REPO / "gin_configs/taco/ablations").glob("*.gin"))])
+                                    "imprag/demo.gin", "imprag/llama3_2_3b.gin", "imprag/llama3_1_8b.gin",
+                                    *sorted(f"{method}/ablations/{p.name}" for method in ("taco", "imprag") for p in
+                                            (REPO / f"gin_configs/{method}/ablations").glob("*.gin"))])
 def test_every_config_composes_with_every_run_file(config, run_file):
     """Parsing checks every binding against the configurables' signatures, so a stale name fails here."""
     gin.parse_config_files_and_bindings([f"gin_configs/{config}", f"gin_configs/runs/{run_file}.gin"],
