@@ -1,6 +1,6 @@
 """ImpRAG's losses against hand computation: the in-batch multi-label NCE of eq. 5.3 (own positives against own
 hard negatives and the other rows' candidates, a shared passage left out), the self-distillation KL of eq. 5.6
-with both temperatures, response log-likelihoods and the rows that do not retrieve."""
+with both temperatures, over own candidates and with the in-batch ones in P_R, response log-likelihoods and the rows that do not retrieve."""
 import math
 
 import jax
@@ -54,23 +54,30 @@ def softmax(x):
 def test_self_distillation_is_eq_5_6_by_hand():
     log_likelihoods = np.array([[-1.0, -2.0, -4.0], [-0.5, -0.5, -3.0], [0.0, 0.0, 0.0]])
     tau_t, tau_r = 0.5, 2.0
-    got = self_distillation_loss(jnp.asarray(QUERIES), jnp.asarray(CANDIDATES), jnp.asarray(VALID),
-                                 jnp.asarray(log_likelihoods), tau_t, tau_r)
-    want = []
+    def loss(queries=jnp.asarray(QUERIES), ll=jnp.asarray(log_likelihoods), in_batch=False):
+        return self_distillation_loss(queries, jnp.asarray(CANDIDATES), jnp.asarray(IDS), jnp.asarray(VALID), ll,
+                                      tau_t, tau_r, in_batch)
+
+    own, batch = [], []
+    # The other rows' candidates each row's P_R also normalises over with in_batch (row 0 leaves out row 1's
+    # passage 12, its own; row 1 leaves out row 0's 12): scores against q.
+    others = {0: [CANDIDATES[1, 0] @ QUERIES[0], CANDIDATES[1, 2] @ QUERIES[0]],
+              1: [CANDIDATES[0, 0] @ QUERIES[1], CANDIDATES[0, 1] @ QUERIES[1]]}
     for row in range(2):
-        scores = CANDIDATES[row] @ QUERIES[row]
-        p_t, p_r = softmax(log_likelihoods[row] / tau_t), softmax(scores / tau_r)
-        want.append(float(np.sum(p_t * np.log(p_t / p_r))))
-    np.testing.assert_allclose(float(got), np.mean(want), rtol=1e-5)
-    # The target is fixed: no gradient reaches the log-likelihoods, and the padding row gets none.
-    grad_ll = jax.grad(lambda ll: self_distillation_loss(jnp.asarray(QUERIES), jnp.asarray(CANDIDATES),
-                                                         jnp.asarray(VALID), ll, tau_t, tau_r))(
-        jnp.asarray(log_likelihoods))
-    np.testing.assert_array_equal(np.asarray(grad_ll), 0.0)
-    grad_q = jax.grad(lambda q: self_distillation_loss(q, jnp.asarray(CANDIDATES), jnp.asarray(VALID),
-                                                       jnp.asarray(log_likelihoods), tau_t, tau_r))(
-        jnp.asarray(QUERIES))
-    assert np.isfinite(np.asarray(grad_q)).all() and np.all(np.asarray(grad_q)[2] == 0)
+        scores = CANDIDATES[row] @ QUERIES[row] / tau_r
+        p_t = softmax(log_likelihoods[row] / tau_t)
+        own.append(float(np.sum(p_t * np.log(p_t / softmax(scores)))))
+        log_norm = np.log(np.exp(scores).sum() + np.exp(np.array(others[row]) / tau_r).sum())
+        batch.append(float(np.sum(p_t * (np.log(p_t) - (scores - log_norm)))))
+    np.testing.assert_allclose(float(loss()), np.mean(own), rtol=1e-5)
+    np.testing.assert_allclose(float(loss(in_batch=True)), np.mean(batch), rtol=1e-5)
+    assert float(loss(in_batch=True)) > float(loss())  # in-batch mass is what P_T says is missing
+    for in_batch in (False, True):
+        # The target is fixed: no gradient reaches the log-likelihoods, and the padding row gets none.
+        grad_ll = jax.grad(lambda ll: loss(ll=ll, in_batch=in_batch))(jnp.asarray(log_likelihoods))
+        np.testing.assert_array_equal(np.asarray(grad_ll), 0.0)
+        grad_q = jax.grad(lambda q: loss(queries=q, in_batch=in_batch))(jnp.asarray(QUERIES))
+        assert np.isfinite(np.asarray(grad_q)).all() and np.all(np.asarray(grad_q)[2] == 0)
 
 
 def test_response_log_likelihood_and_generation_loss_by_hand():

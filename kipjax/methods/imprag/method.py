@@ -6,8 +6,9 @@ tasks (each row reads its candidate passages C: the teacher's top `positives` an
 its ranks `hard_ranks`, redrawn every epoch), instruction-tuning tasks and plain text (rows that read nothing
 and have no J_ret). J_ret is the warmup's in-batch multi-label NCE for the first `warmup_epochs` epochs, then
 self-distillation. Where the chapter is silent, kipjax chooses (each a binding):
-  * C is the same set in both phases ("the same set of candidate passages", 5.3.2), and J_gen reads all of C
-    (5 + 5 by default, the 10 passages inference reads);
+  * C is the same set in both phases ("the same set of candidate passages", 5.3.2), and J_gen reads a row's
+    own candidates (5 + 5 by default, the 10 passages inference reads); self-distillation's P_R also
+    normalises over the in-batch negatives, which get no teacher mass (`distill_in_batch`);
   * the switch is per epoch, inside one run with one schedule (the chapter's 10 epochs, warmup in the first 3);
   * plain text: `plain_text_share` of the training rows are passages of the corpus as text to continue.
 Evaluation (5.3.3): the corpus is encoded with L_B only (sharded over devices and hosts), each evaluation
@@ -65,7 +66,8 @@ class Imprag(Method):
       positives / hard_negatives / hard_ranks: the candidate set C (top 5; < 10 drawn from ranks 10-50).
       warmup_epochs: epochs of the NCE warmup before self-distillation (3 of 10; 0: distillation only; at least
         the run's epochs: warmup only). retrieval_weight: lambda. teacher_temperature / retriever_temperature:
-        the temperatures of P_T and P_R.
+        the temperatures of P_T and P_R. distill_in_batch: P_R normalises over the batch's other candidates
+        too (`objectives.self_distillation_loss`); False: over the row's own candidates only.
       plain_text_share: plain-text rows, as a share of all training rows.
       max_prompt_tokens / max_response_tokens / passage_tokens: token budgets (l_max = passage_tokens).
       top_k: passages read at evaluation (10). search: 'exact' or 'scann'. eval_batch_size / encode_batch_size:
@@ -94,6 +96,7 @@ class Imprag(Method):
         retrieval_weight: float = 1.0,
         teacher_temperature: float = 1.0,
         retriever_temperature: float = 1.0,
+        distill_in_batch: bool = True,
         plain_text_share: float = 0.1,
         max_prompt_tokens: int = 256,
         max_response_tokens: int = 64,
@@ -129,6 +132,7 @@ class Imprag(Method):
         self.positives, self.hard_negatives, self.hard_ranks = positives, hard_negatives, tuple(hard_ranks)
         self.warmup_epochs, self.retrieval_weight = warmup_epochs, retrieval_weight
         self.teacher_temperature, self.retriever_temperature = teacher_temperature, retriever_temperature
+        self.distill_in_batch = distill_in_batch
         self.max_prompt_tokens, self.max_response_tokens = max_prompt_tokens, max_response_tokens
         self.top_k, self.search, self.max_new_tokens = top_k, search, max_new_tokens
         self.eval_batch_size, self.encode_batch_size = eval_batch_size, encode_batch_size
@@ -251,8 +255,9 @@ class Imprag(Method):
         def distillation() -> jax.Array:
             likelihoods = model.candidate_log_likelihoods(params, batch["input_ids"], batch["attention_mask"],
                                                           batch["targets"], batch["loss_mask"], single)
-            return self_distillation_loss(queries, embeddings, valid, likelihoods, self.teacher_temperature,
-                                          self.retriever_temperature)
+            return self_distillation_loss(queries, embeddings, batch["candidate_ids"], valid, likelihoods,
+                                          self.teacher_temperature, self.retriever_temperature,
+                                          self.distill_in_batch)
 
         j_ret = jax.lax.cond(batch["distill"][0] > 0, distillation, lambda: warmup)
         scores = jnp.einsum("bd,bcd->bc", queries, embeddings)
