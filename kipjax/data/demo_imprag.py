@@ -1,9 +1,18 @@
-"""The tokenizer of ImpRAG's demo, which runs on the bundled KILT-style demo corpus (`kipjax.data.demo_kilt`):
-that corpus's word-level vocabulary, in its order, followed by the words of ImpRAG's prompt templates
-(`kipjax.methods.imprag.templates`: "Q:", "A:", "Is this statement true?", the [START] / [END] markers, ...),
-so a tiny Llama trained from scratch reads every prompt without unknown words. `<pad>`=0, `</s>`=1 (EOS),
-`<unk>`=2, no BOS. `python -m kipjax.data.demo_imprag --out DIR` regenerates the bundled copy in
-`kipjax/data/demo_imprag/` byte for byte.
+"""What ImpRAG's demo adds to the bundled KILT-style demo corpus (`kipjax.data.demo_kilt`), which it runs on:
+
+  tokenizer/                     that corpus's word-level vocabulary, in its order, followed by the words of
+                                 ImpRAG's prompt templates (`kipjax.methods.imprag.templates`: "Q:", "A:", "Is
+                                 this statement true?", the [START] / [END] markers, ...), so a tiny Llama trained
+                                 from scratch reads every prompt without unknown words. `<pad>`=0, `</s>`=1 (EOS),
+                                 `<unk>`=2, no BOS.
+  reading_comprehension.json     an instruction-tuning task without retrieval, in SQuAD v2's layout: each qa
+                                 training question with a context from its gold paragraph, the sentence that
+                                 holds the answer and the next one (questions whose answer the paragraph does not
+                                 spell out are left out). It plays the chapter's reading
+                                 comprehension sets (Table C.4): the model learns to copy an answer from text in
+                                 its context, with the same attention that reads retrieved passages.
+`python -m kipjax.data.demo_imprag --out DIR` regenerates the bundled copy in `kipjax/data/demo_imprag/` byte
+for byte.
 """
 from __future__ import annotations
 
@@ -17,9 +26,12 @@ import gin
 from kipjax.data.bundled import bundled_file, regenerate_main
 from kipjax.data.demo_coref import save_word_tokenizer
 from kipjax.data.demo_kilt import DEMO_KILT_DIR, demo_kilt_path
+from kipjax.data.kilt import read_kilt_task, read_knowledge_source
 from kipjax.methods.imprag import templates
 
 DEMO_IMPRAG_DIR = Path(__file__).resolve().parent / "demo_imprag"
+READING_COMPREHENSION = "reading_comprehension.json"
+WINDOW_SENTENCES = 2  # a context's sentences: short prompts keep the demo's training sequences short
 TEMPLATE_TEXTS = (*templates.TEMPLATES.values(), *templates.MENTION_MARKERS, *templates.FEVER_ANSWERS.values(),
                   "next sentence", "previous sentence")
 
@@ -36,15 +48,49 @@ def demo_kilt_words() -> list[str]:
     return sorted(vocab, key=vocab.__getitem__)
 
 
+def answer_window(paragraph: str, answer: str) -> str | None:
+    """The paragraph's first sentence that holds `answer` and the sentence after it (the demo writes a sentence
+    as words ending in " ."), or None when no sentence holds it."""
+    sentences = [s.strip() + " ." for s in paragraph.split(" .") if s.strip()]
+    for i, sentence in enumerate(sentences):
+        if answer in sentence:
+            return " ".join(sentences[i:i + WINDOW_SENTENCES])
+    return None
+
+
+def reading_comprehension() -> dict:
+    """The SQuAD v2-layout task (module docstring), one article per gold page, in question order."""
+    paragraphs = {page.wikipedia_id: page.paragraphs for page in read_knowledge_source(
+        demo_kilt_path("kilt_knowledgesource.json"))}
+    articles: dict[str, dict] = {}
+    for example in read_kilt_task(demo_kilt_path("qa-train-kilt.jsonl")):
+        span = example.spans[0]
+        paragraph = " ".join(p.strip() for p in paragraphs[span.wikipedia_id][span.start_paragraph_id:
+                                                                                span.end_paragraph_id + 1])
+        context = answer_window(paragraph, example.answers[0])
+        if context is None:
+            continue
+        answer = example.answers[0]
+        start = context.find(answer)
+        article = articles.setdefault(span.wikipedia_id, {"title": span.wikipedia_id, "paragraphs": []})
+        article["paragraphs"].append({"context": context, "qas": [{
+            "id": f"rc-{example.id}", "question": example.input, "is_impossible": False,
+            "answers": [{"text": answer, "answer_start": start}]}]})
+    return {"version": "v2.0", "data": list(articles.values())}
+
+
 def write_corpus(out_dir: Path) -> None:
-    """`tokenizer/` in `out_dir`."""
+    """`tokenizer/` and the reading comprehension task in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / READING_COMPREHENSION).write_text(json.dumps(reading_comprehension(), ensure_ascii=False) + "\n",
+                                                 encoding="utf-8")
     save_word_tokenizer(list(dict.fromkeys([*demo_kilt_words(), *template_words()])), out_dir / "tokenizer")
 
 
 @gin.configurable
 def demo_imprag_path(name: str = gin.REQUIRED) -> str:
-    """A file or folder of the bundled ImpRAG demo files ('tokenizer'), for gin configs."""
+    """A file or folder of the bundled ImpRAG demo files ('tokenizer', 'reading_comprehension.json'), for gin
+    configs."""
     return bundled_file(DEMO_IMPRAG_DIR, name)
 
 
@@ -52,6 +98,12 @@ def demo_imprag_path(name: str = gin.REQUIRED) -> str:
 def demo_kilt_source(name: str = gin.REQUIRED) -> str:
     """"kilt:PATH" of a task file of the bundled demo KILT corpus: an `Imprag` train or eval file."""
     return f"kilt:{demo_kilt_path(name)}"
+
+
+@gin.configurable
+def demo_reading_comprehension_source() -> str:
+    """"squad_v2:PATH" of the bundled reading comprehension task: an `Imprag` train file."""
+    return f"squad_v2:{demo_imprag_path(READING_COMPREHENSION)}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
