@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import gin
 import jax
@@ -31,7 +31,7 @@ import numpy as np
 
 from kipjax import partitioning
 from kipjax.data.kilt import read_passages
-from kipjax.data.padding import round_up
+from kipjax.data.padding import fixed_size_batches, pad_rows, round_up
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import COMPUTE_DTYPES
 from kipjax.methods.imprag import data
@@ -47,9 +47,17 @@ from kipjax.models import hf
 from kipjax.models.llama import Llama, LlamaConfig
 from kipjax.partitioning import fill_boxed
 from kipjax.retrieval import corpus_encoding
-from kipjax.run_log import atomic_write_text, track
+from kipjax.run_log import atomic_write_text
 
 LENGTH_MULTIPLE = 16  # evaluation prompts are padded to a multiple of this, so batches share compilations
+
+
+class EvalSet(NamedTuple):
+    """An evaluation file's examples and their prompt tokens (tokenized once, used at every evaluation)."""
+
+    source: str
+    examples: list[PromptExample]
+    prompts: list[list[int]]
 
 
 @gin.configurable
@@ -146,7 +154,9 @@ class Imprag(Method):
         self.training, self.rankings = self._training_set(train_files, examples_per_dataset, pseudo_labels_dir)
         self.training += self._plain_text(len(self.training), plain_text_share)
         self.rankings += [None] * (len(self.training) - len(self.rankings))
-        self.eval_sets = [(source, data.read_sources([source], eval_limit)) for source in eval_files]
+        self.eval_sets = [EvalSet(source, examples, [data.prompt_tokens(self.tokenizer, e, max_prompt_tokens)
+                                                     for e in examples])
+                          for source, examples in ((s, data.read_sources([s], eval_limit)) for s in eval_files)]
         self.candidates = np.full((len(self.training), positives + hard_negatives), data.CANDIDATE_PAD)
         self.positive = np.zeros(self.candidates.shape, bool)
         self.distill = False
@@ -276,22 +286,18 @@ class Imprag(Method):
     def _encode_queries(self, params: Params, ids: jax.Array, mask: jax.Array) -> jax.Array:
         return self.model.query_embeddings(params, ids, mask)
 
-    def _prompt_arrays(self, examples: Sequence[PromptExample], left: bool) -> tuple[np.ndarray, np.ndarray]:
-        """[N, width] prompt tokens, left-padded (generation) or right-padded (embedding), and their mask."""
-        prompts = [data.prompt_tokens(self.tokenizer, e, self.max_prompt_tokens) for e in examples]
+    @staticmethod
+    def _prompt_arrays(prompts: Sequence[Sequence[int]], left: bool) -> tuple[np.ndarray, np.ndarray]:
+        """[N, width] prompt tokens, left-padded (generation) or right-padded (embedding), and their mask (the
+        pad id may be a real token)."""
         width = round_up(max(len(p) for p in prompts), LENGTH_MULTIPLE)
-        ids = np.zeros((len(prompts), width), np.int32)
-        mask = np.zeros_like(ids)
-        for row, prompt in enumerate(prompts):
-            span = slice(width - len(prompt), width) if left else slice(0, len(prompt))
-            ids[row, span], mask[row, span] = prompt, 1
-        return ids, mask
+        return pad_rows(prompts, width, left=left), pad_rows([[1] * len(p) for p in prompts], width, left=left)
 
-    def retrieve(self, params: Params, examples: Sequence[PromptExample],
+    def retrieve(self, params: Params, prompts: Sequence[Sequence[int]],
                  corpus: tuple[np.ndarray, corpus_encoding.CorpusLayout]) -> np.ndarray:
-        """[N, top_k] passage rows for each example's prompt, best first."""
+        """[N, top_k] passage rows for each prompt (`data.prompt_tokens`), best first."""
         mesh = partitioning.current_mesh()
-        ids, mask = self._prompt_arrays(examples, left=False)
+        ids, mask = self._prompt_arrays(prompts, left=False)
         queries = corpus_encoding.encode_everywhere(self._encode_queries, params, ids, mask, mesh=mesh,
                                                     batch_size=self.encode_batch_size, desc="encode queries")
         local, layout = corpus
@@ -299,29 +305,23 @@ class Imprag(Method):
                                                query_batch=self.encode_batch_size)
         return top
 
-    def answer(self, params: Params, examples: Sequence[PromptExample], passages: np.ndarray | None
+    def answer(self, params: Params, prompts: Sequence[Sequence[int]], passages: np.ndarray | None
                ) -> list[str]:
-        """Greedy answers, reading each example's `passages` rows ([N, k]; None: no retrieval)."""
-        ids, mask = self._prompt_arrays(examples, left=True)
+        """Greedy answers to the prompts, reading each one's `passages` rows ([N, k]; None: no retrieval)."""
+        ids, mask = self._prompt_arrays(prompts, left=True)
+        arrays = (ids, mask) if passages is None else (ids, mask, passages)
         answers: list[str] = []
-        for start in track(range(0, len(examples), self.eval_batch_size), total=len(examples), desc="generate",
-                           unit="prompts", rows_per_item=self.eval_batch_size):
-            rows = slice(start, start + self.eval_batch_size)
-            batch_ids, batch_mask = ids[rows], mask[rows]
-            pad = self.eval_batch_size - len(batch_ids)  # one compiled shape for every batch
-            batch_ids, batch_mask = (np.pad(a, ((0, pad), (0, 0))) for a in (batch_ids, batch_mask))
-            batch_mask[len(batch_mask) - pad:, -1] = 1  # a padding row still needs a token to decode from
+        for batch in fixed_size_batches(self.eval_batch_size, *arrays, desc="generate"):  # one compiled shape
             states, slots = None, 0
             if passages is not None:
-                tokens = self.passage_table[np.pad(passages[rows], ((0, pad), (0, 0)))].astype(np.int32)
+                tokens = self.passage_table[batch[2]].astype(np.int32)
                 states = self._jit_states(params, jnp.asarray(tokens), jnp.asarray((tokens != 0).astype(np.int32)))
                 slots = tokens.shape[1] * tokens.shape[2]
-            out = self._jit_generate(params, jnp.asarray(batch_ids), jnp.asarray(batch_mask), states,
+            out = self._jit_generate(params, jnp.asarray(batch[0]), jnp.asarray(batch[1]), states,
                                      passage_slots=slots, max_new_tokens=self.max_new_tokens,
                                      eos_token=self.tokenizer.eos_token_id)
-            for row in np.asarray(out)[:len(ids[rows])]:
-                answers.append(self._decode(row))
-        return answers
+            answers += [self._decode(row) for row in np.asarray(out)]
+        return answers[:len(prompts)]
 
     def _decode(self, tokens: np.ndarray) -> str:
         eos = np.flatnonzero(tokens == self.tokenizer.eos_token_id)
@@ -336,11 +336,11 @@ class Imprag(Method):
                                                mesh=partitioning.current_mesh(), batch_size=self.encode_batch_size,
                                                desc="encode corpus")
         metrics: Metrics = {}
-        for source, examples in self.eval_sets:
+        for source, examples, prompts in self.eval_sets:
             name = examples[0].task if examples else source
-            top = self.retrieve(params, examples, corpus)
-            predictions = self.answer(params, examples, top)
-            blind = self.answer(params, examples, None)
+            top = self.retrieve(params, prompts, corpus)
+            predictions = self.answer(params, prompts, top)
+            blind = self.answer(params, prompts, None)
             gold = [{"id": e.id, "answers": list(e.answers)} for e in examples]
             ranked = [[self.passage_texts[r] for r in row] for row in top]
             rows = [{"id": e.id, "prediction": p, "passages": r} for e, p, r in zip(examples, predictions, ranked)]
