@@ -67,13 +67,13 @@ import json
 import re
 import string
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import pytrec_eval
 
 from kipjax.data.jsonl import json_lines
+from kipjax.metrics.by_id import pair_by_id, unique_by_id
 from kipjax.metrics.retrieval import evidence_rank
 
 DEFAULT_KS = (1, 5, 10, 20)
@@ -148,16 +148,6 @@ def _as_records(rows: Iterable[Row | KiltRecord], name: str) -> list[KiltRecord]
     return [row if isinstance(row, KiltRecord) else KiltRecord(f"{name}[{i}]", row) for i, row in enumerate(rows)]
 
 
-def _unique_by_id(records: list[KiltRecord], role: str) -> dict[str, KiltRecord]:
-    by_id: dict[str, KiltRecord] = {}
-    for record in records:
-        if record.id in by_id:
-            raise ValueError(f"{record.where}: duplicate {role} id {record.data['id']!r} "
-                             f"(first at {by_id[record.id].where})")
-        by_id[record.id] = record
-    return by_id
-
-
 def guess_provenance(guess: Row, where: str = "guess") -> list[dict]:
     """The ranked retrieval of a guess: the provenance of its only output that has one (filter_answers)."""
     with_provenance = [o for o in guess["output"] if "provenance" in o]
@@ -177,18 +167,14 @@ def align(gold_rows: Iterable[Row | KiltRecord], guess_rows: Iterable[Row | Kilt
     for record in guess:
         _check_record(record, gold=False)
         guess_provenance(record.data, record.where)
-    gold_by_id = _unique_by_id(gold, "gold")
-    guess_by_id = _unique_by_id(guess, "guess")
-    missing = [record for key, record in gold_by_id.items() if key not in guess_by_id]
-    if missing:
-        guess_file = guess[0].where.rsplit(":", 1)[0] if guess and ":" in guess[0].where else "the guesses"
-        raise ValueError(f"{missing[0].where}: no guess for gold id {missing[0].data['id']!r} in {guess_file} "
-                         f"({len(missing)} of {len(gold)} gold ids have none)")
-    extra = [record for key, record in guess_by_id.items() if key not in gold_by_id]
-    if extra:
-        warnings.warn(f"{extra[0].where}: guess id {extra[0].data['id']!r} is not a gold id; {len(extra)} such "
-                      f"guess(es) are ignored, as in KILT's evaluation")
-    return [(record, guess_by_id[key]) for key, record in gold_by_id.items()]
+    guess_file = guess[0].where.rsplit(":", 1)[0] if guess and ":" in guess[0].where else "the guesses"
+    return pair_by_id(unique_by_id(gold, "gold", _raw_id), unique_by_id(guess, "guess", _raw_id), "guess",
+                      "guess(es)", guess_file, _raw_id, ", as in KILT's evaluation")
+
+
+def _raw_id(record: KiltRecord) -> Any:
+    """The id as the file writes it (12, not '12'), for messages."""
+    return record.data["id"]
 
 
 # ----------------------------------------------------------------------------------- page / passage ids

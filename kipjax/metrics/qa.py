@@ -43,13 +43,13 @@ import argparse
 import dataclasses
 import json
 import unicodedata
-import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import regex
 
 from kipjax.data.jsonl import json_lines, required_field
+from kipjax.metrics.by_id import pair_by_id, unique_by_id
 from kipjax.metrics.kilt import normalize_answer, normalize_ks
 
 DEFAULT_KS = (1, 10)
@@ -198,29 +198,12 @@ def prediction(record: Record) -> Prediction:
     return Prediction(id_, text, passages, record.where)
 
 
-def _unique(items: Sequence[GoldExample] | Sequence[Prediction], role: str) -> dict[str, Any]:
-    by_id: dict[str, Any] = {}
-    for item in items:
-        if item.id in by_id:
-            raise ValueError(f"{item.where}: duplicate {role} id {item.id!r} (first at {by_id[item.id].where})")
-        by_id[item.id] = item
-    return by_id
-
-
 def align(gold_records: Sequence[Record], pred_records: Sequence[Record]) -> list[tuple[GoldExample, Prediction]]:
     """(gold, prediction) pairs in gold order, validated as the module docstring says."""
-    gold_by_id = _unique([gold_example(r) for r in gold_records], "gold")
-    pred_by_id = _unique([prediction(r) for r in pred_records], "prediction")
-    missing = [g for key, g in gold_by_id.items() if key not in pred_by_id]
-    if missing:
-        source = pred_records[0].source if pred_records else "the predictions"
-        raise ValueError(f"{missing[0].where}: no prediction for gold id {missing[0].id!r} in {source} "
-                         f"({len(missing)} of {len(gold_by_id)} gold ids have none)")
-    extra = [p for key, p in pred_by_id.items() if key not in gold_by_id]
-    if extra:
-        warnings.warn(f"{extra[0].where}: prediction id {extra[0].id!r} is not a gold id; "
-                      f"{len(extra)} such prediction(s) are ignored")
-    return [(g, pred_by_id[key]) for key, g in gold_by_id.items()]
+    source = pred_records[0].source if pred_records else "the predictions"
+    return pair_by_id(unique_by_id((gold_example(r) for r in gold_records), "gold"),
+                      unique_by_id((prediction(r) for r in pred_records), "prediction"), "prediction",
+                      "prediction(s)", source)
 
 
 def _with_recall(pairs: Sequence[tuple[GoldExample, Prediction]]) -> bool:
