@@ -154,9 +154,7 @@ class Imprag(Method):
         self.training, self.rankings = self._training_set(train_files, examples_per_dataset, pseudo_labels_dir)
         self.training += self._plain_text(len(self.training), plain_text_share)
         self.rankings += [None] * (len(self.training) - len(self.rankings))
-        self.eval_sets = [EvalSet(source, examples, [data.prompt_tokens(self.tokenizer, e, max_prompt_tokens)
-                                                     for e in examples])
-                          for source, examples in ((s, data.read_sources([s], eval_limit)) for s in eval_files)]
+        self.eval_sets = [self._eval_set(source, eval_limit) for source in eval_files]
         self.candidates = np.full((len(self.training), positives + hard_negatives), data.CANDIDATE_PAD)
         self.positive = np.zeros(self.candidates.shape, bool)
         self.distill = False
@@ -198,6 +196,11 @@ class Imprag(Method):
         count = min(round(task_rows * share / (1 - share)), len(self.passage_texts))
         picked = np.random.default_rng(self.seed).choice(len(self.passage_texts), size=count, replace=False)
         return [PromptExample(f"plain-{r}", "plain_text", "", self.passage_texts[r], (), False) for r in picked]
+
+    def _eval_set(self, source: str, limit: int | None) -> EvalSet:
+        examples = data.read_sources([source], limit)
+        return EvalSet(source, examples, [data.prompt_tokens(self.tokenizer, e, self.max_prompt_tokens)
+                                          for e in examples])
 
     def train_examples(self) -> dict[str, np.ndarray]:
         sequences = [data.tokenize_example(self.tokenizer, e, self.max_prompt_tokens, self.max_response_tokens)
