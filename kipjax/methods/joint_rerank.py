@@ -31,6 +31,7 @@ from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import setup_encoder, with_pretrained_encoders
 from kipjax.metrics import el as el_metrics
 from kipjax.models import layers
+from kipjax.models.dropout import Dropout
 from kipjax.models.bert import BertConfig, BertEncoder
 from kipjax.retrieval import nce
 
@@ -85,7 +86,7 @@ class CrossEncoder(nn.Module):
         cfg = self.config
         states = BertEncoder(cfg, name="encoder")(input_ids, attention_mask, token_type_ids,
                                                   deterministic=deterministic).last_hidden_state
-        first = nn.Dropout(self.head_dropout)(states[:, 0], deterministic=deterministic)
+        first = Dropout(self.head_dropout)(states[:, 0], deterministic=deterministic)
         head = layers.Dense(1, ("embed", None), dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                             kernel_init=nn.initializers.normal(cfg.initializer_range), name="score_head")
         return head(first)[:, 0].astype(jnp.float32)

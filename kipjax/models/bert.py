@@ -15,6 +15,7 @@ from flax import linen as nn
 from flax import struct
 
 from kipjax.models import layers
+from kipjax.models.dropout import Dropout
 
 Array = jax.Array
 
@@ -128,7 +129,7 @@ class BertEmbeddings(nn.Module):
              + layers.Embed(cfg.type_vocab_size, axes=("type_vocab", "embed"),
                             name="token_type_embeddings", **embed)(token_type_ids))
         x = layers.LayerNorm(cfg.layer_norm_eps, cfg.dtype, cfg.param_dtype, name="layer_norm")(x)
-        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+        return Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class BertLayer(nn.Module):
@@ -144,7 +145,7 @@ class BertLayer(nn.Module):
         common = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                       kernel_init=nn.initializers.normal(cfg.initializer_range))
         norm = dict(epsilon=cfg.layer_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-        dropout = nn.Dropout(cfg.hidden_dropout_prob)
+        dropout = Dropout(cfg.hidden_dropout_prob)
 
         attn = layers.MultiHeadAttention(num_heads=cfg.num_attention_heads, head_dim=cfg.head_dim,
                                          dropout_rate=cfg.attention_probs_dropout_prob, name="attention",

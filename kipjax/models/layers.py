@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from kipjax.models.dropout import Dropout
+
 Array = jax.Array
 DType = Any
 Initializer = Callable[..., Array]
@@ -367,7 +369,7 @@ class MultiHeadAttention(nn.Module):
 
         def dropout(probs: Array) -> Array:
             weights.append(probs)
-            return nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
+            return Dropout(self.dropout_rate)(probs, deterministic=deterministic)
 
         out = grouped_query_attention(q, k, v, bias, scale, self.dtype, dropout)
         out = Dense(inputs_q.shape[-1], ("heads", "kv", "embed"), contract_dims=2, name="out", **dense)(out)

@@ -42,6 +42,7 @@ from flax import struct
 from flax.core import FrozenDict
 
 from kipjax.models import layers
+from kipjax.models.dropout import Dropout
 
 Array = jax.Array
 ExtraKV = tuple[Array, Array, Array]  # keys, values: (batch, M, kv_heads, head_dim); mask: (batch, M), 1 = attend
@@ -230,7 +231,7 @@ class LlamaAttention(nn.Module):
             bias = jnp.concatenate([extra_bias, bias.astype(extra_bias.dtype)], axis=-1)
         out = layers.grouped_query_attention(
             q, k, v, bias, head_dim ** -0.5, cfg.dtype,
-            lambda p: nn.Dropout(cfg.attention_dropout)(p, deterministic=deterministic))
+            lambda p: Dropout(cfg.attention_dropout)(p, deterministic=deterministic))
         out = _projection(cfg, "o", x.shape[-1], ("heads", "kv", "embed"), "out", bias_on, contract_dims=2)(out)
         return out, states
 

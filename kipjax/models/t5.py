@@ -22,6 +22,7 @@ from flax import linen as nn
 from flax import struct
 
 from kipjax.models import layers
+from kipjax.models.dropout import Dropout
 
 Array = jax.Array
 
@@ -185,7 +186,7 @@ class FeedForward(nn.Module):
             h = h * layers.Dense(cfg.d_ff, ("embed", "mlp"), name="wi_1", **dense)(x)
         else:
             h = act(layers.Dense(cfg.d_ff, ("embed", "mlp"), name="wi", **dense)(x))
-        h = layers.constrain(nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic), layers.BATCH_LENGTH_MLP)
+        h = layers.constrain(Dropout(cfg.dropout_rate)(h, deterministic=deterministic), layers.BATCH_LENGTH_MLP)
         return layers.Dense(cfg.d_model, ("mlp", "embed"), name="wo", **{
             **dense, "kernel_init": nn.initializers.normal(cfg.d_ff ** -0.5)})(h)
 
@@ -204,7 +205,7 @@ class EncoderBlock(nn.Module):
     def __call__(self, x: Array, bias: Array, deterministic: bool) -> Array:
         cfg = self.config
         norm = dict(epsilon=cfg.layer_norm_epsilon, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-        dropout = nn.Dropout(cfg.dropout_rate)
+        dropout = Dropout(cfg.dropout_rate)
         h = _attention(cfg, "attention")(RMSNorm(name="attention_norm", **norm)(x), bias=bias,
                                          deterministic=deterministic)
         x = x + dropout(h, deterministic)
@@ -221,7 +222,7 @@ class DecoderBlock(nn.Module):
         """`cache`: None (full sequence), 'prepare' (size caches, store encoder keys/values) or 'step'."""
         cfg = self.config
         norm = dict(epsilon=cfg.layer_norm_epsilon, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-        dropout = nn.Dropout(cfg.dropout_rate)
+        dropout = Dropout(cfg.dropout_rate)
         self_cache = None if cache is None else "self"
         cross_cache = {None: None, "prepare": "cross_fill", "step": "cross"}[cache]
         h = _attention(cfg, "self_attention")(RMSNorm(name="self_attention_norm", **norm)(x), bias=self_bias,
@@ -265,7 +266,7 @@ class T5(nn.Module):
         norm = dict(epsilon=cfg.layer_norm_epsilon, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         self.encoder_norm = RMSNorm(**norm)
         self.decoder_norm = RMSNorm(**norm)
-        self.dropout = nn.Dropout(cfg.dropout_rate)
+        self.dropout = Dropout(cfg.dropout_rate)
         if not cfg.tie_word_embeddings:
             self.lm_head = layers.Dense(cfg.vocab_size, ("embed", "vocab"), use_bias=False, dtype=cfg.dtype,
                                         param_dtype=cfg.param_dtype,
