@@ -235,7 +235,7 @@ def _is_int_id(cell: str) -> bool:
             and (cell[0] != "0" or cell == "0"))
 
 
-class _IdColumn:
+class IdColumn:
     """Collects ids as int64 while every one is a plain integer, as strings from the first one that is not."""
 
     def __init__(self):
@@ -257,7 +257,7 @@ class _IdColumn:
         return _object_array(self.strs)
 
 
-def _first_duplicate(ids: np.ndarray) -> tuple[int, int] | None:
+def first_duplicate(ids: np.ndarray) -> tuple[int, int] | None:
     """Rows (first, second) of the repeated id whose second occurrence comes first, or None; by sorting,
     which for 36M int64 ids costs far less memory than a set of them."""
     if len(ids) < 2:
@@ -295,7 +295,7 @@ def _row_lines(path: Path, rows: Iterable[int], skip_header: bool) -> list[int]:
 
 
 def _check_unique(path: Path, ids: np.ndarray, what: str, skip_header: bool) -> None:
-    duplicate = _first_duplicate(ids)
+    duplicate = first_duplicate(ids)
     if duplicate is not None:
         first, second = _row_lines(path, duplicate, skip_header)
         value = ids[duplicate[1]:duplicate[1] + 1].tolist()[0]  # a Python int or str, not np.int64
@@ -318,7 +318,7 @@ def read_passages(path: str | Path, mapping: str | Path | WikipediaIdMapping | N
     4th column if it has one, else from `mapping` (a mapping file or `read_wikipedia_id_mapping`'s result);
     passages the mapping does not cover get None, with a warning."""
     path = Path(path)
-    ids, titles, texts = _IdColumn(), [], []
+    ids, titles, texts = IdColumn(), [], []
     inline: list[str] | None = None
     previous_title = previous_page = None
     with path.open(encoding="utf-8", newline="") as f:
@@ -463,14 +463,14 @@ def _read_pickle_mapping(path: Path) -> WikipediaIdMapping:
     if by_title:
         return WikipediaIdMapping(str(path), by_title=dict(zip((k for k, _ in items), pages)))
     keys = np.fromiter((k for k, _ in items), dtype=np.int64, count=len(items))
-    duplicate = _first_duplicate(keys)
+    duplicate = first_duplicate(keys)
     if duplicate is not None:
         raise ValueError(f"{path}: passage id {int(keys[duplicate[1]])} appears twice")
     return WikipediaIdMapping(str(path), passage_ids=keys, wikipedia_ids=_object_array(pages))
 
 
 def _read_tsv_mapping(path: Path) -> WikipediaIdMapping:
-    ids, pages = _IdColumn(), []
+    ids, pages = IdColumn(), []
     previous_page, has_header = None, False
     with path.open(encoding="utf-8", newline="") as f:
         reader = _tsv_reader(f)
