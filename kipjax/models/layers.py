@@ -26,6 +26,8 @@ MASK_VALUE = -1e9
 BATCH_LENGTH_EMBED = ("activation_batch", "activation_length", "activation_embed")
 BATCH_LENGTH_MLP = ("activation_batch", "activation_length", "activation_mlp")
 BATCH_LENGTH_HEADS_KV = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+# Decoding caches keep keys/values heads-major, the layout attention reads, so no step transposes a whole cache.
+BATCH_HEADS_LENGTH_KV = ("activation_batch", "activation_heads", "activation_length", "activation_kv")
 
 # Name of the sub-dict that holds a projection's low-rank adapter (`LoRADense`): the params a parameter-efficient
 # fine-tune trains, and that pretrained checkpoints never contain.
@@ -69,21 +71,24 @@ def attention_bias_from_mask(mask: Array, dtype: DType = jnp.float32) -> Array:
 
 
 def grouped_query_attention(q: Array, k: Array, v: Array, bias: Array | None, scale: float,
-                            dtype: DType = jnp.float32, dropout: Callable[[Array], Array] | None = None) -> Array:
+                            dtype: DType = jnp.float32, dropout: Callable[[Array], Array] | None = None,
+                            heads_major_kv: bool = False) -> Array:
     """softmax(q k^T * scale + bias) v over (batch, length, heads, head_dim) states; logits and softmax in float32.
 
     `k` / `v` may have fewer heads than `q` (grouped-query attention): query head `h` reads kv head
-    `h // (heads // kv_heads)`, as Hugging Face's `repeat_kv` arranges them. `bias` broadcasts to
+    `h // (heads // kv_heads)`, as Hugging Face's `repeat_kv` arranges them. With `heads_major_kv` they are
+    (batch, kv_heads, kv_length, head_dim), as decoding caches store them. `bias` broadcasts to
     (batch, heads, q_length, kv_length); `dropout`, if given, maps the probabilities. Returns (batch, q_length,
     heads, head_dim).
     """
     batch, q_len, num_heads, head_dim = q.shape
-    kv_len, kv_heads = k.shape[1], k.shape[2]
+    kv_heads, kv_len = (k.shape[1], k.shape[2]) if heads_major_kv else (k.shape[2], k.shape[1])
+    kv = "bhkd" if heads_major_kv else "bkhd"
     if num_heads % kv_heads:
         raise ValueError(f"{num_heads} query heads are not a multiple of {kv_heads} key/value heads")
     groups = num_heads // kv_heads
     q = q.reshape(batch, q_len, kv_heads, groups, head_dim)
-    logits = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.einsum(f"bqhgd,{kv}->bhgqk", q, k, preferred_element_type=jnp.float32)
     logits = logits.reshape(batch, num_heads, q_len, kv_len) * scale
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
@@ -91,7 +96,7 @@ def grouped_query_attention(q: Array, k: Array, v: Array, bias: Array | None, sc
     if dropout is not None:
         probs = dropout(probs)
     probs = probs.reshape(batch, kv_heads, groups, q_len, kv_len)
-    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v.astype(dtype))
+    out = jnp.einsum(f"bhgqk,{kv}->bqhgd", probs, v.astype(dtype))
     return constrain(out.reshape(batch, q_len, num_heads, head_dim), BATCH_LENGTH_HEADS_KV)
 
 
@@ -332,12 +337,13 @@ class MultiHeadAttention(nn.Module):
                  deterministic: bool = True, cache: str | None = None) -> Array | tuple[Array, Array]:
         """`cache` selects incremental decoding (variables in the `cache` collection):
 
-        - "self": keys/values of `inputs_q` are written into a (batch, max_length, kv_heads, head_dim) cache at
+        - "self": keys/values of `inputs_q` are written into a (batch, kv_heads, max_length, head_dim) cache at
           its running index and attention reads the whole cache, so `bias` must mask positions not yet
           written. Initialising with `max_length` query positions sizes the cache; decoding then feeds one
           (or a few) positions per call.
         - "cross_fill": keys/values of `inputs_kv` (the encoder output) are computed once and stored.
         - "cross": the stored keys/values are used and `inputs_kv` is ignored (may be None).
+        Caches are heads-major (`BATCH_HEADS_LENGTH_KV`), the layout attention reads.
         """
         kv_heads = self.num_kv_heads or self.num_heads
         if self.num_heads % kv_heads:
@@ -356,14 +362,18 @@ class MultiHeadAttention(nn.Module):
         else:
             inputs_kv = inputs_q if inputs_kv is None else inputs_kv
             k, v = key_proj(inputs_kv), value_proj(inputs_kv)
+        if cache not in (None, "self", "cross_fill", "cross"):
+            raise ValueError(f"cache must be None, 'self', 'cross_fill' or 'cross', got {cache!r}")
+        if cache in ("self", "cross_fill"):
+            k, v = (heads_major(t) for t in (k, v))
         if cache == "cross_fill":
             self.put_variable("cache", "cross_key", k)
             self.put_variable("cache", "cross_value", v)
         elif cache == "self":
             k, v = self._update_self_cache(k, v)
-        elif cache not in (None, "cross"):
-            raise ValueError(f"cache must be None, 'self', 'cross_fill' or 'cross', got {cache!r}")
-        q, k, v = (constrain(t, BATCH_LENGTH_HEADS_KV) for t in (q, k, v))
+        kv_names = BATCH_LENGTH_HEADS_KV if cache is None else BATCH_HEADS_LENGTH_KV
+        q = constrain(q, BATCH_LENGTH_HEADS_KV)
+        k, v = (constrain(t, kv_names) for t in (k, v))
         scale = self.scale if self.scale is not None else self.head_dim ** -0.5
         weights: list[Array] = []
 
@@ -371,7 +381,7 @@ class MultiHeadAttention(nn.Module):
             weights.append(probs)
             return Dropout(self.dropout_rate)(probs, deterministic=deterministic)
 
-        out = grouped_query_attention(q, k, v, bias, scale, self.dtype, dropout)
+        out = grouped_query_attention(q, k, v, bias, scale, self.dtype, dropout, heads_major_kv=cache is not None)
         out = Dense(inputs_q.shape[-1], ("heads", "kv", "embed"), contract_dims=2, name="out", **dense)(out)
         return (out, weights[0]) if self.return_weights else out
 
@@ -383,9 +393,14 @@ class MultiHeadAttention(nn.Module):
         index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
         if not initialized:  # the init call only sizes the cache
             return k, v
-        start = (0, index.value, 0, 0)
+        start = (0, 0, index.value, 0)
         cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k.astype(cached_key.value.dtype), start)
         cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v.astype(cached_value.value.dtype),
                                                           start)
-        index.value = index.value + k.shape[1]
+        index.value = index.value + k.shape[2]
         return cached_key.value, cached_value.value
+
+
+def heads_major(states: Array) -> Array:
+    """(batch, length, heads, head_dim) -> (batch, heads, length, head_dim), the layout of decoding caches."""
+    return jnp.swapaxes(states, 1, 2)

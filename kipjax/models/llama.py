@@ -206,7 +206,7 @@ class LlamaAttention(nn.Module):
         cfg = self.config
         kv_heads, head_dim = cfg.num_key_value_heads, cfg.head_dim
         if cache == "prepare":
-            shape = (x.shape[0], x.shape[1], kv_heads, head_dim)
+            shape = (x.shape[0], kv_heads, x.shape[1], head_dim)  # heads-major, as attention reads it
             self.variable("cache", "cached_key", jnp.zeros, shape, cfg.dtype)
             self.variable("cache", "cached_value", jnp.zeros, shape, cfg.dtype)
             return None, None
@@ -220,18 +220,21 @@ class LlamaAttention(nn.Module):
         q, k = (layers.apply_rope(t, positions, inv_freq) for t in (q, k))
         q, k, v = (layers.constrain(t, layers.BATCH_LENGTH_HEADS_KV) for t in (q, k, v))
         states = (q, k, v) if rotated_states else unrotated
-        if cache == "step":
-            k, v = self._write_cache(k, v, cache_index)
+        cached = cache == "step"
+        if cached:
+            k, v = self._write_cache(*(layers.heads_major(t) for t in (k, v)), cache_index)
         if extra is not None:
             extra_k, extra_v, extra_mask = extra
             extra_bias = jnp.broadcast_to(layers.attention_bias_from_mask(extra_mask),
                                           (bias.shape[0], 1, bias.shape[2], extra_k.shape[1]))
-            k = jnp.concatenate([extra_k.astype(k.dtype), k], axis=1)
-            v = jnp.concatenate([extra_v.astype(v.dtype), v], axis=1)
+            if cached:
+                extra_k, extra_v = (layers.heads_major(t) for t in (extra_k, extra_v))
+            k = jnp.concatenate([extra_k.astype(k.dtype), k], axis=2 if cached else 1)
+            v = jnp.concatenate([extra_v.astype(v.dtype), v], axis=2 if cached else 1)
             bias = jnp.concatenate([extra_bias, bias.astype(extra_bias.dtype)], axis=-1)
         out = layers.grouped_query_attention(
             q, k, v, bias, head_dim ** -0.5, cfg.dtype,
-            lambda p: Dropout(cfg.attention_dropout)(p, deterministic=deterministic))
+            lambda p: Dropout(cfg.attention_dropout)(p, deterministic=deterministic), heads_major_kv=cached)
         out = _projection(cfg, "o", x.shape[-1], ("heads", "kv", "embed"), "out", bias_on, contract_dims=2)(out)
         return out, states
 
@@ -240,7 +243,7 @@ class LlamaAttention(nn.Module):
             raise ValueError("cache='step' before the caches were prepared (Llama.prepare_cache)")
         cached_key = self.variable("cache", "cached_key")
         cached_value = self.variable("cache", "cached_value")
-        start = (0, index, 0, 0)
+        start = (0, 0, index, 0)
         cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k.astype(cached_key.value.dtype), start)
         cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v.astype(cached_value.value.dtype),
                                                           start)
