@@ -21,6 +21,8 @@ from typing import Any, Callable, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
+from kipjax import topk
+
 Array = jax.Array
 StepFn = Callable[[Any, Array], tuple[Array, Any]]
 NEG_INF = -1.0e9  # finite, so sums of masked scores stay ordered and never produce NaN
@@ -102,7 +104,7 @@ def beam_search(step_fn: StepFn, cache: Any, *, batch_size: int, beam_size: int,
             logits = constraint.process_logits(cstate, logits)
         vocab = logits.shape[-1]
         log_probs = jax.nn.log_softmax(logits).reshape(b, k, vocab) + alive_scores[:, :, None]
-        top_scores, top = jax.lax.top_k(log_probs.reshape(b, k * vocab), 2 * k)
+        top_scores, top = topk.top_k(log_probs.reshape(b, k * vocab), 2 * k)
         origin, tokens = top // vocab, (top % vocab).astype(jnp.int32)
         candidates = seqs[batch_rows, origin].at[:, :, i + 1].set(tokens)
         is_eos = tokens == eos_token

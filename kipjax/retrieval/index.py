@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
+from kipjax import topk
 from kipjax.run_log import atomic_save_npy, atomic_write_text
 
 # score_fn(queries, table_chunk) -> [B, C] scores; both arguments are pytrees (chunk leaves: [C, ...]).
@@ -40,32 +41,6 @@ def _num_entities(table: Any) -> int:
     if len(sizes) != 1:
         raise ValueError(f"every leaf of `table` needs the same leading entity axis, got sizes {sorted(sizes)}")
     return sizes.pop()
-
-
-def _group_size(chunk: int, k: int) -> int:
-    """Largest power-of-two group (<= 256) dividing `chunk` with k groups covering at most a quarter of it."""
-    group = 256
-    while group > 1 and (chunk % group or 4 * k * group > chunk):
-        group //= 2
-    return group
-
-
-def _chunk_candidates(scores: jax.Array, k: int, group: int) -> tuple[jax.Array, jax.Array]:
-    """Exact shortlist of a chunk's top-k: (scores, chunk positions) of the k groups with the largest maxima.
-
-    Full top_k over a long axis is slow (a sort on some backends); a group max plus top_k over C / group
-    maxima is cheap. It is exact: an entity outside the k chosen groups is outranked by each chosen group's
-    maximum (higher score, or equal score and a lower id since groups are contiguous and chosen
-    lower-index-first on ties), i.e. by k others. Chosen groups are put back in id order so that position
-    ties in the later merge still mean id ties.
-    """
-    num_queries, chunk = scores.shape
-    grouped = scores.reshape(num_queries, chunk // group, group)
-    _, groups = jax.lax.top_k(grouped.max(axis=-1), k)
-    groups = jnp.sort(groups, axis=1)
-    shortlist = jnp.take_along_axis(grouped, groups[:, :, None], axis=1).reshape(num_queries, k * group)
-    positions = (groups[:, :, None] * group + jnp.arange(group, dtype=jnp.int32)).reshape(num_queries, k * group)
-    return shortlist, positions
 
 
 def _scan_topk(score_fn: ScoreFn, queries: Any, table: Any, k: int, chunk_size: int, bias_fn: BiasFn | None,
@@ -94,7 +69,7 @@ def _scan_topk(score_fn: ScoreFn, queries: Any, table: Any, k: int, chunk_size: 
         raise ValueError(f"score_fn (+ bias_fn) must return [B, {chunk}] for a chunk of {chunk}, got {shape.shape}")
     num_queries, dtype = shape.shape[0], shape.dtype
     neg_inf = jnp.array(-jnp.inf, dtype)
-    group = _group_size(chunk, k)
+    group = topk.group_size(chunk, k)
 
     def step(carry: tuple[jax.Array, jax.Array], chunk_index: jax.Array):
         best_scores, best_ids = carry
@@ -107,7 +82,7 @@ def _scan_topk(score_fn: ScoreFn, queries: Any, table: Any, k: int, chunk_size: 
         admissible = (rows >= nominal_start) & (rows < num_valid)
         scores = jnp.where(admissible[None, :], scores, neg_inf)
         if group > 1:
-            scores, positions = _chunk_candidates(scores, k, group)
+            scores, positions = topk.shortlist(scores, k, group)
             ids = ids[positions]
         else:
             ids = jnp.broadcast_to(ids, scores.shape)
