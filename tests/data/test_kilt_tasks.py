@@ -8,6 +8,7 @@ import seqio
 
 import tasks.kilt as kilt_tasks
 from kipjax.data.feed import SeqioFeed
+from kipjax.data import token_tables
 from kipjax.methods.taco import data as taco_data
 from kipjax.methods.taco import inputs
 from kipjax.metrics.kilt import normalize_answer
@@ -45,7 +46,7 @@ def test_queries_carry_the_task_prefix_and_fit_their_budget(demo):
     lengths = (demo.passage_ids != 0).sum(1)
     assert demo.passage_ids.dtype == np.uint16 and demo.passage_ids.shape[1] <= inputs.PASSAGE_TOKENS
     assert (demo.passage_ids[np.arange(len(demo.passage_ids)), lengths - 1] == tokenizer.eos_token_id).all()
-    assert demo.passage_ids[0, :lengths[0]].tolist() == taco_data.encode_texts(
+    assert demo.passage_ids[0, :lengths[0]].tolist() == token_tables.encode_texts(
         tokenizer, [inputs.passage_text(demo.corpus.titles[0], demo.corpus.texts[0])], inputs.PASSAGE_TOKENS)[0]
 
 
@@ -56,7 +57,7 @@ def test_the_passage_token_table_is_cached_and_memory_mapped(demo, tmp_path):
     assert [p.name for p in tmp_path.iterdir()][0].startswith("passage_tokens-")
     cached = taco_data.passage_tokens(settings, demo.tokenizer, ["ignored: read from the cache"] * 2)
     assert isinstance(cached, np.memmap) and cached.tolist() == built.tolist()
-    expected = taco_data.encode_texts(demo.tokenizer, texts, inputs.PASSAGE_TOKENS)
+    expected = token_tables.encode_texts(demo.tokenizer, texts, inputs.PASSAGE_TOKENS)
     assert [row[row != 0].tolist() for row in built] == expected
     with pytest.raises(ValueError, match="2 cached passages, but .* has 3"):
         taco_data.passage_tokens(settings, demo.tokenizer, texts + ["a third"])

@@ -132,3 +132,12 @@ def test_evaluation_reports_each_task_with_and_without_retrieval(method, tmp_pat
 def test_missing_pseudo_labels_name_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match="kipjax.methods.imprag.pseudo_labels"):
         make_method(tmp_path)
+
+
+def test_the_corpus_token_table_is_cached_and_memory_mapped(labels_dir, method, tmp_path):
+    first = make_method(labels_dir, token_cache_dir=str(tmp_path))
+    second = make_method(labels_dir, token_cache_dir=str(tmp_path))
+    assert len(list(tmp_path.glob("passage_tokens-*.npy"))) == 1
+    assert isinstance(second.passage_table, np.memmap)
+    np.testing.assert_array_equal(second.passage_table, method.passage_table)
+    np.testing.assert_array_equal(first.passage_table, method.passage_table)

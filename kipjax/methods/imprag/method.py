@@ -31,6 +31,7 @@ import numpy as np
 
 from kipjax import partitioning
 from kipjax.data.kilt import read_passages
+from kipjax.data.token_tables import cached_token_table
 from kipjax.data.padding import fixed_size_batches, pad_rows, round_up
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import COMPUTE_DTYPES
@@ -40,7 +41,6 @@ from kipjax.methods.imprag.objectives import generation_loss, in_batch_nce_loss,
 from kipjax.methods.imprag.pseudo_labels import pseudo_label_path
 from kipjax.methods.imprag.templates import FEVER_ANSWERS, PromptExample
 from kipjax.methods.model_source import check_model_source
-from kipjax.methods.taco.data import token_table
 from kipjax.methods.taco.inputs import passage_text
 from kipjax.metrics import qa as qa_metrics
 from kipjax.models import hf
@@ -81,7 +81,9 @@ class Imprag(Method):
       top_k: passages read at evaluation (10). search: 'exact' or 'scann'. eval_batch_size / encode_batch_size:
         prompts decoded / texts embedded together. max_new_tokens: the answer budget. eval_limit: the first N
         examples of each evaluation file. predictions_dir: if set, each evaluation file's predictions (with the
-        retrieved passages) are written there as `kipjax.metrics.qa` reads them.
+        retrieved passages) are written there as `kipjax.metrics.qa` reads them. token_cache_dir: where the
+        corpus's token table is cached and memory-mapped from on later runs (`kipjax.data.token_tables`; the
+        real corpus takes hours to tokenize); None tokenizes at every start.
     """
 
     def __init__(
@@ -119,6 +121,7 @@ class Imprag(Method):
         seed: int = 0,
         compute_dtype: str = "float32",
         remat: bool = False,
+        token_cache_dir: str | None = None,
     ):
         check_model_source("Imprag", "Llama", pretrained, model_config, tokenizer_dir)
         self.tokenizer = hf.load_tokenizer(tokenizer_dir or pretrained)
@@ -149,8 +152,9 @@ class Imprag(Method):
         corpus = read_passages(passages_file)
         self.passage_ids = [str(i) for i in corpus.ids]
         self.passage_texts = [passage_text(t, x) for t, x in zip(corpus.titles, corpus.texts)]
-        self.passage_table = token_table(self.tokenizer, self.passage_texts, passage_tokens,
-                                         desc="tokenize passages")
+        self.passage_table = cached_token_table(
+            self.tokenizer, self.passage_texts, passage_tokens, source_file=passages_file,
+            tokenizer_dir=tokenizer_dir or pretrained, cache_dir=token_cache_dir, desc="tokenize passages")
         self.training, self.rankings = self._training_set(train_files, examples_per_dataset, pseudo_labels_dir)
         self.training += self._plain_text(len(self.training), plain_text_share)
         self.rankings += [None] * (len(self.training) - len(self.rankings))

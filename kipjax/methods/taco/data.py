@@ -10,17 +10,13 @@ training (counted in the log), as DPR leaves out questions without a positive.
 
 Queries and passages are tokenized without the tokenizer's special tokens and end with its EOS, truncated so
 that the EOS fits (`inputs.query_tokens`, `inputs.PASSAGE_TOKENS`), as the authors' truncation counts it.
-The passage tokens go straight into one zero-padded table (uint16 where the vocabulary fits: 11.5 GB for the
-36M passages of KILT's KB, against 23 GB as int32 and far more as Python lists), optionally cached as a `.npy`
-under `cache_dir` and memory-mapped from there on later runs. Passage tokens are never the pad id 0, so a
-passage's mask is `ids != 0`.
+The passage tokens go straight into one zero-padded table (`kipjax.data.token_tables`), optionally cached as
+a `.npy` under `cache_dir` and memory-mapped from there on later runs; a passage's mask is `ids != 0`.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
 import os
 from typing import Any, Callable, Mapping, Sequence
 
@@ -32,7 +28,7 @@ from kipjax.data.demo_kilt import demo_kilt_path, task_file
 from kipjax.methods.taco import inputs
 from kipjax.metrics.kilt import normalize_answer, read_kilt_file
 from kipjax.models.hf import load_tokenizer
-from kipjax.run_log import atomic_save_npy, track
+from kipjax.data.token_tables import cached_token_table, encode_texts
 
 # kipjax task -> the stem of its KILT files ({stem}-train-kilt.jsonl, {stem}-dev-kilt.jsonl)
 KILT_FILE_STEMS = {"nq": "nq", "tqa": "triviaqa", "hopo": "hotpotqa", "wow": "wow", "trex": "trex",
@@ -126,56 +122,11 @@ class TacoData:
     tasks: list[TaskData]
 
 
-def encode_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int, desc: str | None = None,
-                 chunk: int = 4096) -> list[list[int]]:
-    """Token ids of each text without special tokens, cut to `max_tokens - 1`, then EOS."""
-    eos = tokenizer.eos_token_id
-    starts = range(0, len(texts), chunk)
-    if desc:
-        starts = track(starts, total=len(texts), desc=desc, rows_per_item=chunk)
-    out: list[list[int]] = []
-    for start in starts:
-        batch = tokenizer(list(texts[start:start + chunk]), add_special_tokens=False)["input_ids"]
-        out += [ids[:max_tokens - 1] + [eos] for ids in batch]
-    return out
-
-
-def token_table(tokenizer: Any, texts: Sequence[str], max_tokens: int, desc: str | None = None,
-                chunk: int = 4096) -> np.ndarray:
-    """`encode_texts` of every text, written chunk by chunk into one zero-padded [N, width] table (width: the
-    longest row), uint16 when the vocabulary fits, else int32."""
-    dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.int32
-    table = np.zeros((len(texts), max_tokens), dtype)
-    width = 1
-    starts = range(0, len(texts), chunk)
-    if desc:
-        starts = track(starts, total=len(texts), desc=desc, rows_per_item=chunk)
-    for start in starts:
-        for i, ids in enumerate(encode_texts(tokenizer, texts[start:start + chunk], max_tokens), start):
-            table[i, :len(ids)] = ids
-            width = max(width, len(ids))
-    return table[:, :width]
-
-
 def passage_tokens(settings: TacoDataSettings, tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
-    """The passages' `token_table`, read memory-mapped from `settings.cache_dir` when a run has cached it for the
-    same passage file (path, size, modification time), tokenizer and token budget; else built (and cached)."""
-    if settings.cache_dir is None:
-        return token_table(tokenizer, texts, inputs.PASSAGE_TOKENS, desc="tokenize passages")
-    stat = os.stat(settings.passages_file)
-    key = json.dumps([os.path.abspath(settings.passages_file), stat.st_size, stat.st_mtime_ns,
-                      os.path.abspath(settings.tokenizer_dir), len(tokenizer), inputs.PASSAGE_TOKENS])
-    path = os.path.join(settings.cache_dir, f"passage_tokens-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npy")
-    if os.path.exists(path):
-        table = np.load(path, mmap_mode="r")
-        if len(table) != len(texts):
-            raise ValueError(f"{path}: {len(table)} cached passages, but {settings.passages_file} has {len(texts)}; "
-                             "delete the cache file")
-        return table
-    table = token_table(tokenizer, texts, inputs.PASSAGE_TOKENS, desc="tokenize passages")
-    os.makedirs(settings.cache_dir, exist_ok=True)
-    atomic_save_npy(path, table)
-    return np.load(path, mmap_mode="r")
+    """The passages' token table (`kipjax.data.token_tables`), cached under `settings.cache_dir` if given."""
+    return cached_token_table(tokenizer, texts, inputs.PASSAGE_TOKENS, source_file=settings.passages_file,
+                              tokenizer_dir=settings.tokenizer_dir, cache_dir=settings.cache_dir,
+                              desc="tokenize passages")
 
 
 def _page_rows(wikipedia_ids: np.ndarray) -> dict[str, np.ndarray]:
