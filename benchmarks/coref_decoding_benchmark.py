@@ -521,13 +521,14 @@ def mask_vocab_sizes(args: argparse.Namespace) -> list[int]:
     return sorted({int(v) for v in args.mask_vocab_sizes.split(",")} | {args.vocab_size})
 
 
-def run_worker(framework: str, argv: Sequence[str], workdir: str, round_index: int, xla_flags: str
-               ) -> dict[str, Any]:
-    """`time_<framework>` in a fresh interpreter: a framework's timing never follows the other's work."""
+def run_worker(framework: str, argv: Sequence[str], workdir: str, round_index: int, xla_flags: str,
+               script: str = __file__) -> dict[str, Any]:
+    """`time_<framework>` of benchmark `script` in a fresh interpreter: a framework's timing never follows the
+    other's work."""
     env = dict(os.environ)
     if framework == "kipjax":
         env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS", ""), xla_flags]))
-    subprocess.run([sys.executable, os.path.abspath(__file__), *argv, f"--worker={framework}",
+    subprocess.run([sys.executable, os.path.abspath(script), *argv, f"--worker={framework}",
                     f"--worker_dir={workdir}", f"--worker_round={round_index}"], env=env, check=True)
     with open(os.path.join(workdir, f"{framework}-{round_index}.json"), encoding="utf-8") as f:
         return json.load(f)
@@ -618,6 +619,14 @@ def print_report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         x = r[name]["per_step_ms"]
         print(f"| {name} | {x['search_step']:.2f} | {x['decoder_step']:.2f} | {x['constraint']:.3f} | "
               f"{x['rest']:.2f} |")
+    print_mask_cost(args, r)
+    print("\n| kipjax search, summed op time by kind | ms / step | share |\n|---|---:|---:|")
+    for category, x in r["kipjax_search_ops"].items():
+        print(f"| {category} | {x['ms_per_step']:.2f} | {100 * x['share']:.1f}% |")
+
+
+def print_mask_cost(args: argparse.Namespace, r: dict[str, Any]) -> None:
+    """The table of the constraint's cost per step against the vocabulary size, per framework."""
     sizes = mask_vocab_sizes(args)
     print("\n| constraint per step | " + " | ".join(f"V={v} us" for v in sizes)
           + f" | us per 1k vocab | share of a decoder step at V={args.vocab_size} |")
@@ -625,13 +634,12 @@ def print_report(args: argparse.Namespace, r: dict[str, Any]) -> None:
     for name, m in r["mask_cost"].items():
         print(f"| {name} | " + " | ".join(f"{m['us_per_step'][str(v)]:.1f}" for v in sizes)
               + f" | {m['slope_us_per_1k_vocab']:.2f} | {100 * m['fraction_of_decoder_step']:.1f}% |")
-    print("\n| kipjax search, summed op time by kind | ms / step | share |\n|---|---:|---:|")
-    for category, x in r["kipjax_search_ops"].items():
-        print(f"| {category} | {x['ms_per_step']:.2f} | {100 * x['share']:.1f}% |")
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Runs the benchmark, prints markdown tables, writes `--out`; returns the results dict."""
+def benchmark_main(argv: Sequence[str] | None, parse_args: Callable, time_kipjax: Callable,
+                   time_transformers: Callable, run: Callable, print_report: Callable) -> dict[str, Any]:
+    """A decoding benchmark's main: as a worker, times one framework; else runs the rounds, prints markdown
+    tables, writes `--out`; returns the results dict."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.worker:  # a child of `run`: time one framework, hand the result back, nothing else
@@ -649,6 +657,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.out:
         atomic_write_text(args.out, json.dumps(results, indent=2))
     return results
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return benchmark_main(argv, parse_args, time_kipjax, time_transformers, run, print_report)
 
 
 if __name__ == "__main__":
