@@ -278,13 +278,13 @@ def save_random_llama(args: argparse.Namespace, path: str) -> None:
 
 
 def prefill(model: Llama, params: Any, prompts: jax.Array, mask: jax.Array, beams: int, max_new: int) -> Any:
-    """The cache after the prompts (without their cue), over batch x beams rows: `RelationClassification._decode`."""
-    prompts, mask = decoding.repeat_for_beams((prompts, mask), beams)
+    """The cache after the prompts (without their cue), each prefilled once, then repeated over batch x beams
+    rows: `RelationClassification._decode`."""
     _, state = model.apply({"params": params}, prompts.shape[0], prompts.shape[1] + max_new,
                            method=Llama.prepare_cache, mutable=["cache"])
     _, state = model.apply({"params": params, "cache": state["cache"]}, prompts, mask, method=Llama.decode_step,
                            mutable=["cache"])  # its logits are unused (and compiled away)
-    return state["cache"]
+    return decoding.repeat_for_beams(state["cache"], beams)
 
 
 def decoder_step(model: Llama, params: Any, cache: Any, tokens: jax.Array) -> tuple[jax.Array, Any]:

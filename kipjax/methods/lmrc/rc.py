@@ -200,12 +200,12 @@ class RelationClassification(Method):
     def _decode(self, params: Params, prompts: jax.Array, prompt_mask: jax.Array, cue_token: int, max_new: int,
                 affixes: Mapping[str, jax.Array]) -> jax.Array:
         """Best answer [B, max_new] per left-padded prompt (its final cue token left out): eos, then padding."""
-        k, rows = self.beam_size, prompts.shape[0] * self.beam_size
-        prompts, prompt_mask = decoding.repeat_for_beams((prompts, prompt_mask), k)
-        _, state = self.model.apply({"params": params}, rows, prompts.shape[1] + max_new,
+        k, batch = self.beam_size, prompts.shape[0]
+        _, state = self.model.apply({"params": params}, batch, prompts.shape[1] + max_new,
                                     method=Llama.prepare_cache, mutable=["cache"])
         _, state = self.model.apply({"params": params, "cache": state["cache"]}, prompts, prompt_mask,
                                     method=Llama.decode_step, mutable=["cache"])  # its logits are unused
+        cache = decoding.repeat_for_beams(state["cache"], k)  # each prompt prefilled once, not once a beam
 
         def step(cache: Any, tokens: jax.Array) -> tuple[jax.Array, Any]:
             out, new = self.model.apply({"params": params, "cache": cache}, tokens[:, None], method=Llama.decode_step,
@@ -215,7 +215,7 @@ class RelationClassification(Method):
         cstate = None
         if self.constrained:
             cstate = decoding.repeat_for_beams(self.constraint.init_state(**affixes, max_length=max_new), k)
-        out = decoding.beam_search(step, state["cache"], batch_size=prompts.shape[0] // k, beam_size=k,
+        out = decoding.beam_search(step, cache, batch_size=batch, beam_size=k,
                                    max_length=max_new, start_token=cue_token, eos_token=self.tokenizer.eos_token_id,
                                    length_penalty=self.length_penalty,
                                    constraint=self.constraint if self.constrained else None, constraint_state=cstate)
