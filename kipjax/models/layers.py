@@ -397,12 +397,17 @@ class MultiHeadAttention(nn.Module):
         index = self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
         if not initialized:  # the init call only sizes the cache
             return k, v
-        start = (0, 0, index.value, 0)
-        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k.astype(cached_key.value.dtype), start)
-        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v.astype(cached_value.value.dtype),
-                                                          start)
+        caches = write_cache(cached_key, cached_value, k, v, index.value)
         index.value = index.value + k.shape[2]
-        return cached_key.value, cached_value.value
+        return caches
+
+
+def write_cache(cached_key: Any, cached_value: Any, k: Array, v: Array, index: Array) -> tuple[Array, Array]:
+    """Writes heads-major `k` / `v` into the cache variables from length position `index`; returns the caches."""
+    start = (0, 0, index, 0)
+    for variable, new in ((cached_key, k), (cached_value, v)):
+        variable.value = jax.lax.dynamic_update_slice(variable.value, new.astype(variable.value.dtype), start)
+    return cached_key.value, cached_value.value
 
 
 def heads_major(states: Array) -> Array:

@@ -229,8 +229,9 @@ class LlamaAttention(nn.Module):
                                           (bias.shape[0], 1, bias.shape[2], extra_k.shape[1]))
             if cached:
                 extra_k, extra_v = (layers.heads_major(t) for t in (extra_k, extra_v))
-            k = jnp.concatenate([extra_k.astype(k.dtype), k], axis=2 if cached else 1)
-            v = jnp.concatenate([extra_v.astype(v.dtype), v], axis=2 if cached else 1)
+            length_axis = 2 if cached else 1
+            k = jnp.concatenate([extra_k.astype(k.dtype), k], axis=length_axis)
+            v = jnp.concatenate([extra_v.astype(v.dtype), v], axis=length_axis)
             bias = jnp.concatenate([extra_bias, bias.astype(extra_bias.dtype)], axis=-1)
         out = layers.grouped_query_attention(
             q, k, v, bias, head_dim ** -0.5, cfg.dtype,
@@ -241,13 +242,8 @@ class LlamaAttention(nn.Module):
     def _write_cache(self, k: Array, v: Array, index: Array) -> tuple[Array, Array]:
         if not self.has_variable("cache", "cached_key"):
             raise ValueError("cache='step' before the caches were prepared (Llama.prepare_cache)")
-        cached_key = self.variable("cache", "cached_key")
-        cached_value = self.variable("cache", "cached_value")
-        start = (0, 0, index, 0)
-        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k.astype(cached_key.value.dtype), start)
-        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, v.astype(cached_value.value.dtype),
-                                                          start)
-        return cached_key.value, cached_value.value
+        return layers.write_cache(self.variable("cache", "cached_key"), self.variable("cache", "cached_value"), k, v,
+                                  index)
 
 
 class LlamaMLP(nn.Module):
