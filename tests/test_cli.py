@@ -70,7 +70,9 @@ def test_index_needs_something_to_write(tmp_path, capsys):
                                     "entqa/aida_blink_retriever.gin", "entqa/aida_electra_large_reader.gin",
                                     "imprag/demo.gin", "imprag/llama3_2_3b.gin", "imprag/llama3_1_8b.gin",
                                     *sorted(f"{method}/ablations/{p.name}" for method in ("taco", "imprag") for p in
-                                            (REPO / f"gin_configs/{method}/ablations").glob("*.gin"))])
+                                            (REPO / f"gin_configs/{method}/ablations").glob("*.gin")),
+                                    *sorted(f"imprag/baselines/{p.name}" for p in
+                                            (REPO / "gin_configs/imprag/baselines").glob("*.gin"))])
 def test_every_config_composes_with_every_run_file(config, run_file):
     """Parsing checks every binding against the configurables' signatures, so a stale name fails here."""
     gin.parse_config_files_and_bindings([f"gin_configs/{config}", f"gin_configs/runs/{run_file}.gin"],

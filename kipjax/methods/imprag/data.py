@@ -68,6 +68,24 @@ def prompt_tokens(tokenizer: Any, example: PromptExample, max_prompt_tokens: int
     return sequence.ids[:sequence.prompt_length]
 
 
+def context_tokens(passages: np.ndarray, separator: Sequence[int]) -> list[int]:
+    """The rows of a passage token table ([k, l_max], pad 0, each ending with EOS) as in-context text for the
+    retrieve-then-generate baselines: each passage's tokens without pads and EOS, then `separator`."""
+    tokens: list[int] = []
+    for row in passages:
+        kept = row[row != 0].tolist()
+        tokens += kept[:-1] + list(separator)
+    return tokens
+
+
+def insert_context(sequence: TokenSequence, context: Sequence[int], has_bos: bool) -> TokenSequence:
+    """`sequence` with `context` (`context_tokens`) between its BOS (if any) and its prompt: a prompt that
+    reads the passages, as RA-IT's does."""
+    start = 1 if has_bos else 0
+    return TokenSequence(sequence.ids[:start] + list(context) + sequence.ids[start:],
+                         sequence.prompt_length + len(context))
+
+
 def training_arrays(sequences: Sequence[TokenSequence], max_length: int) -> dict[str, np.ndarray]:
     """Right-padded next-token arrays [N, max_length]: `input_ids` (the sequence but its last token), `targets`
     (the sequence shifted by one), `loss_mask` (targets in the response or EOS), `query_index` (the prompt's

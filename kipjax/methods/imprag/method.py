@@ -19,10 +19,7 @@ Retrieval recall is not reported for fact checking, whose answers are True / Fal
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, Sequence
 
 import gin
 import jax
@@ -30,38 +27,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from kipjax import partitioning
-from kipjax.data.kilt import read_passages
-from kipjax.data.token_tables import cached_token_table
-from kipjax.data.padding import fixed_size_batches, pad_rows, round_up
-from kipjax.methods.base import Method, Metrics, Params
-from kipjax.methods.encoder_setup import COMPUTE_DTYPES
+from kipjax.data.padding import round_up
+from kipjax.methods.base import Metrics, Params
 from kipjax.methods.imprag import data
 from kipjax.methods.imprag.model import ImpragModel, LayerGroups
 from kipjax.methods.imprag.objectives import generation_loss, in_batch_nce_loss, self_distillation_loss
-from kipjax.methods.imprag.pseudo_labels import pseudo_label_path
-from kipjax.methods.imprag.templates import FEVER_ANSWERS, PromptExample
-from kipjax.methods.model_source import check_model_source
-from kipjax.methods.taco.inputs import passage_text
-from kipjax.metrics import qa as qa_metrics
-from kipjax.models import hf
-from kipjax.models.llama import Llama, LlamaConfig
-from kipjax.partitioning import fill_boxed
+from kipjax.methods.imprag.rag_base import LENGTH_MULTIPLE, LlamaRag
+from kipjax.models.llama import LlamaConfig
 from kipjax.retrieval import corpus_encoding
-from kipjax.run_log import atomic_write_text
-
-LENGTH_MULTIPLE = 16  # evaluation prompts are padded to a multiple of this, so batches share compilations
-
-
-class EvalSet(NamedTuple):
-    """An evaluation file's examples and their prompt tokens (tokenized once, used at every evaluation)."""
-
-    source: str
-    examples: list[PromptExample]
-    prompts: list[list[int]]
 
 
 @gin.configurable
-class Imprag(Method):
+class Imprag(LlamaRag):
     """ImpRAG on a Llama (module docstring).
 
     Args:
@@ -123,20 +100,15 @@ class Imprag(Method):
         remat: bool = False,
         token_cache_dir: str | None = None,
     ):
-        check_model_source("Imprag", "Llama", pretrained, model_config, tokenizer_dir)
-        self.tokenizer = hf.load_tokenizer(tokenizer_dir or pretrained)
-        if self.tokenizer.eos_token_id is None:
-            raise ValueError("Imprag: the tokenizer has no eos token")
-        overrides: dict[str, Any] = {"dtype": COMPUTE_DTYPES[compute_dtype], "remat": remat, "scan_layers": False}
-        self.pretrained_params = None
-        if pretrained is not None:
-            llama, self.pretrained_params = hf.load_pretrained(pretrained, **overrides)
-        else:
-            llama = Llama(dataclasses.replace(model_config, **overrides))
-        if llama.config.vocab_size < len(self.tokenizer):
-            raise ValueError(f"Imprag: the model's vocab_size {llama.config.vocab_size} is smaller than the "
-                             f"tokenizer's {len(self.tokenizer)} tokens")
-        self.model = ImpragModel(llama, groups, passage_encoding, rotated_embeddings)
+        self._load("Imprag", passages_file=passages_file, train_files=train_files, eval_files=eval_files,
+                   rankings_dir=pseudo_labels_dir, tokenizer_dir=tokenizer_dir, pretrained=pretrained,
+                   model_config=model_config, examples_per_dataset=examples_per_dataset,
+                   plain_text_share=plain_text_share, max_prompt_tokens=max_prompt_tokens,
+                   max_response_tokens=max_response_tokens, passage_tokens=passage_tokens,
+                   eval_limit=eval_limit, eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
+                   predictions_dir=predictions_dir, seed=seed, compute_dtype=compute_dtype, remat=remat,
+                   token_cache_dir=token_cache_dir)
+        self.model = ImpragModel(self.llama, groups, passage_encoding, rotated_embeddings)
         if positives < 1 or hard_negatives < 0 or not 1 <= hard_ranks[0] <= hard_ranks[1]:
             raise ValueError(f"Imprag: need positives >= 1, hard_negatives >= 0 and 1 <= hard_ranks[0] <= "
                              f"hard_ranks[1], got {positives}, {hard_negatives}, {hard_ranks}")
@@ -144,21 +116,7 @@ class Imprag(Method):
         self.warmup_epochs, self.retrieval_weight = warmup_epochs, retrieval_weight
         self.teacher_temperature, self.retriever_temperature = teacher_temperature, retriever_temperature
         self.distill_in_batch = distill_in_batch
-        self.max_prompt_tokens, self.max_response_tokens = max_prompt_tokens, max_response_tokens
-        self.top_k, self.search, self.max_new_tokens = top_k, search, max_new_tokens
-        self.eval_batch_size, self.encode_batch_size = eval_batch_size, encode_batch_size
-        self.predictions_dir, self.seed = predictions_dir, seed
-
-        corpus = read_passages(passages_file)
-        self.passage_ids = [str(i) for i in corpus.ids]
-        self.passage_texts = [passage_text(t, x) for t, x in zip(corpus.titles, corpus.texts)]
-        self.passage_table = cached_token_table(
-            self.tokenizer, self.passage_texts, passage_tokens, source_file=passages_file,
-            tokenizer_dir=tokenizer_dir or pretrained, cache_dir=token_cache_dir, desc="tokenize passages")
-        self.training, self.rankings = self._training_set(train_files, examples_per_dataset, pseudo_labels_dir)
-        self.training += self._plain_text(len(self.training), plain_text_share)
-        self.rankings += [None] * (len(self.training) - len(self.rankings))
-        self.eval_sets = [self._eval_set(source, eval_limit) for source in eval_files]
+        self.top_k, self.search, self.encode_batch_size = top_k, search, encode_batch_size
         self.candidates = np.full((len(self.training), positives + hard_negatives), data.CANDIDATE_PAD)
         self.positive = np.zeros(self.candidates.shape, bool)
         self.distill = False
@@ -167,44 +125,6 @@ class Imprag(Method):
         self._jit_states = jax.jit(self.model.passage_states)
 
     # ---------------------------------------------------------------------------------------------- data
-
-    def _training_set(self, sources: Sequence[str], per_dataset: int | None, labels_dir: str
-                      ) -> tuple[list[PromptExample], list[list[int] | None]]:
-        """The training files' examples and, per example, the teacher's ranking (passage rows; None for an
-        example that does not retrieve). Pseudo-labels are matched within their own file (ids repeat across
-        datasets)."""
-        rows = {pid: i for i, pid in enumerate(self.passage_ids)}
-        examples: list[PromptExample] = []
-        rankings: list[list[int] | None] = []
-        for source in sources:
-            read = data.read_sources([source], per_dataset)
-            labels: dict[str, list[int]] = {}
-            if any(e.retrieve for e in read):
-                path = pseudo_label_path(labels_dir, source)
-                if not os.path.isfile(path):
-                    raise FileNotFoundError(f"Imprag: no pseudo-labels {path} for {source}; write them with "
-                                            "python -m kipjax.methods.imprag.pseudo_labels")
-                labels = data.read_pseudo_labels(path, rows)
-            for example in read:
-                if example.retrieve and example.id not in labels:
-                    raise ValueError(f"Imprag: example {example.id!r} of {source} has no pseudo-labels in "
-                                     f"{pseudo_label_path(labels_dir, source)}")
-                rankings.append(labels[example.id] if example.retrieve else None)
-            examples += read
-        return examples, rankings
-
-    def _plain_text(self, task_rows: int, share: float) -> list[PromptExample]:
-        """Corpus passages as text to continue, `share` of all training rows (drawn without replacement)."""
-        if not 0 <= share < 1:
-            raise ValueError(f"Imprag: plain_text_share must be in [0, 1), got {share}")
-        count = min(round(task_rows * share / (1 - share)), len(self.passage_texts))
-        picked = np.random.default_rng(self.seed).choice(len(self.passage_texts), size=count, replace=False)
-        return [PromptExample(f"plain-{r}", "plain_text", "", self.passage_texts[r], (), False) for r in picked]
-
-    def _eval_set(self, source: str, limit: int | None) -> EvalSet:
-        examples = data.read_sources([source], limit)
-        return EvalSet(source, examples, [data.prompt_tokens(self.tokenizer, e, self.max_prompt_tokens)
-                                          for e in examples])
 
     def train_examples(self) -> dict[str, np.ndarray]:
         sequences = [data.tokenize_example(self.tokenizer, e, self.max_prompt_tokens, self.max_response_tokens)
@@ -241,12 +161,6 @@ class Imprag(Method):
                 "distill": np.full(len(rows), self.distill, np.int32)}
 
     # --------------------------------------------------------------------------------------------- model
-
-    def init(self, rng: jax.Array, batch: Mapping[str, Any]) -> Params:
-        params = self.model.llama.init(rng, batch["input_ids"][:1], batch["attention_mask"][:1])["params"]
-        if self.pretrained_params is not None:
-            params = fill_boxed(params, self.pretrained_params)
-        return params
 
     def loss(self, params: Params, batch: Mapping[str, Any], rng: jax.Array) -> tuple[jax.Array, Metrics]:
         model = self.model
@@ -293,13 +207,6 @@ class Imprag(Method):
     def _encode_queries(self, params: Params, ids: jax.Array, mask: jax.Array) -> jax.Array:
         return self.model.query_embeddings(params, ids, mask)
 
-    @staticmethod
-    def _prompt_arrays(prompts: Sequence[Sequence[int]], left: bool) -> tuple[np.ndarray, np.ndarray]:
-        """[N, width] prompt tokens, left-padded (generation) or right-padded (embedding), and their mask (the
-        pad id may be a real token)."""
-        width = round_up(max(len(p) for p in prompts), LENGTH_MULTIPLE)
-        return pad_rows(prompts, width, left=left), pad_rows([[1] * len(p) for p in prompts], width, left=left)
-
     def retrieve(self, params: Params, prompts: Sequence[Sequence[int]],
                  corpus: tuple[np.ndarray, corpus_encoding.CorpusLayout]) -> np.ndarray:
         """[N, top_k] passage rows for each prompt (`data.prompt_tokens`), best first."""
@@ -315,10 +222,8 @@ class Imprag(Method):
     def answer(self, params: Params, prompts: Sequence[Sequence[int]], passages: np.ndarray | None
                ) -> list[str]:
         """Greedy answers to the prompts, reading each one's `passages` rows ([N, k]; None: no retrieval)."""
-        ids, mask = self._prompt_arrays(prompts, left=True)
-        arrays = (ids, mask) if passages is None else (ids, mask, passages)
         answers: list[str] = []
-        for batch in fixed_size_batches(self.eval_batch_size, *arrays, desc="generate"):  # one compiled shape
+        for batch in self._generation_batches(prompts, *(() if passages is None else (passages,))):
             states, slots = None, 0
             if passages is not None:
                 tokens = self.passage_table[batch[2]].astype(np.int32)
@@ -330,11 +235,6 @@ class Imprag(Method):
             answers += [self._decode(row) for row in np.asarray(out)]
         return answers[:len(prompts)]
 
-    def _decode(self, tokens: np.ndarray) -> str:
-        eos = np.flatnonzero(tokens == self.tokenizer.eos_token_id)
-        kept = tokens[:eos[0]] if len(eos) else tokens
-        return self.tokenizer.decode(kept.tolist(), skip_special_tokens=True).strip()
-
     def evaluate(self, params: Params) -> Metrics:
         """Per evaluation file and averaged: exact match and answer recall@1/@k with retrieval, and exact match
         without retrieval (the same model, L_M reading nothing)."""
@@ -343,27 +243,9 @@ class Imprag(Method):
                                                mesh=partitioning.current_mesh(), batch_size=self.encode_batch_size,
                                                desc="encode corpus")
         metrics: Metrics = {}
-        for source, examples, prompts in self.eval_sets:
-            name = examples[0].task if examples else source
-            top = self.retrieve(params, prompts, corpus)
-            predictions = self.answer(params, prompts, top)
-            blind = self.answer(params, prompts, None)
-            gold = [{"id": e.id, "answers": list(e.answers)} for e in examples]
-            ranked = [[self.passage_texts[r] for r in row] for row in top]
-            rows = [{"id": e.id, "prediction": p, "passages": r} for e, p, r in zip(examples, predictions, ranked)]
-            scored = qa_metrics.evaluate(gold, rows, ks=sorted({1, self.top_k}))
-            metrics[f"{name}/exact_match"] = scored["exact_match"]
-            if not all(set(e.answers) <= set(FEVER_ANSWERS.values()) for e in examples):
-                for k in sorted({1, self.top_k}):
-                    metrics[f"{name}/answer_recall@{k}"] = scored[f"answer_recall@{k}"]
-            metrics[f"{name}/no_retrieval_exact_match"] = qa_metrics.evaluate(
-                gold, [{"id": e.id, "prediction": p} for e, p in zip(examples, blind)], ks=[1])["exact_match"]
-            if self.predictions_dir and jax.process_index() == 0:
-                os.makedirs(self.predictions_dir, exist_ok=True)
-                atomic_write_text(os.path.join(self.predictions_dir, f"{os.path.basename(source)}.predictions.jsonl"),
-                                  "".join(json.dumps(r) + "\n" for r in rows))
-        for measure in ("exact_match", f"answer_recall@{self.top_k}", "no_retrieval_exact_match"):
-            values = [v for k, v in metrics.items() if k.endswith("/" + measure)]
-            if values:
-                metrics[f"average/{measure}"] = float(np.mean(values))
-        return metrics
+        ks = sorted({1, self.top_k})
+        for eval_set in self.eval_sets:
+            top = self.retrieve(params, eval_set.prompts, corpus)
+            metrics.update(self._score(eval_set, self.answer(params, eval_set.prompts, top),
+                                       self.answer(params, eval_set.prompts, None), top, ks))
+        return self._with_averages(metrics, self.top_k)

@@ -223,27 +223,36 @@ class ImpragModel:
     def generate(self, params: Params, prompt_ids: Array, prompt_mask: Array,
                  passages: Mapping[int, ExtraKV] | None, passage_slots: int, max_new_tokens: int, eos_token: int,
                  pad_token: int = 0, beam_size: int = 1, length_penalty: float = 0.0) -> Array:
-        """(batch, max_new_tokens) best responses to left-padded prompts (EOS, then `pad_token`), decoded with
-        the key/value cache: the prompt fills it in one step, then one token per step, L_M reading the same
-        passage states at every step (5.3.3). Greedy with one beam and length_penalty 0."""
-        batch, prompt_length = prompt_ids.shape
+        """(batch, max_new_tokens) best responses to left-padded prompts whose L_M reads `passages` at every
+        step (5.3.3; None: no retrieval, positions unshifted); see `generate`."""
         slots = passage_slots if passages is not None else 0
-        last_tokens = prompt_ids[:, -1]
-        prompt_ids, prompt_mask = decoding.repeat_for_beams((prompt_ids, prompt_mask), beam_size)
-        passages = decoding.repeat_for_beams(dict(passages), beam_size) if passages is not None else None
-        _, state = self.llama.apply({"params": params}, batch * beam_size, prompt_length + max_new_tokens,
-                                    method=Llama.prepare_cache, mutable=["cache"])
-        out, state = self.llama.apply({"params": params, "cache": state["cache"]}, prompt_ids[:, :-1],
-                                      prompt_mask[:, :-1], self.query_positions(prompt_mask, slots)[:, :-1],
-                                      extra_kv=passages, method=Llama.decode_step, mutable=["cache"])
+        return generate(self.llama, params, prompt_ids, prompt_mask, self.query_positions(prompt_mask, slots),
+                        passages, max_new_tokens, eos_token, pad_token, beam_size, length_penalty)
 
-        def step(cache: Any, tokens: Array) -> tuple[Array, Any]:
-            out, new = self.llama.apply({"params": params, "cache": cache}, tokens[:, None], extra_kv=passages,
-                                        method=Llama.decode_step, mutable=["cache"])
-            return out.logits[:, 0], new["cache"]
 
-        # The prompt's last token is fed as the search's start token, so its step yields the first response token.
-        result = decoding.beam_search(step, state["cache"], batch_size=batch, beam_size=beam_size,
-                                      max_length=max_new_tokens, start_token=last_tokens, eos_token=eos_token,
-                                      pad_token=pad_token, length_penalty=length_penalty)
-        return result.sequences[:, 0]
+def generate(llama: Llama, params: Params, prompt_ids: Array, prompt_mask: Array, positions: Array,
+             extra_kv: Mapping[int, ExtraKV] | None, max_new_tokens: int, eos_token: int, pad_token: int = 0,
+             beam_size: int = 1, length_penalty: float = 0.0) -> Array:
+    """(batch, max_new_tokens) best responses of `llama` to left-padded prompts at `positions` (EOS, then
+    `pad_token`), decoded with the key/value cache: the prompt fills it in one step, then one token per step,
+    the layers of `extra_kv` reading the same external keys / values at every step. Greedy with one beam and
+    length_penalty 0."""
+    batch, prompt_length = prompt_ids.shape
+    last_tokens = prompt_ids[:, -1]
+    prompt_ids, prompt_mask, positions = decoding.repeat_for_beams((prompt_ids, prompt_mask, positions), beam_size)
+    extra_kv = decoding.repeat_for_beams(dict(extra_kv), beam_size) if extra_kv is not None else None
+    _, state = llama.apply({"params": params}, batch * beam_size, prompt_length + max_new_tokens,
+                           method=Llama.prepare_cache, mutable=["cache"])
+    _, state = llama.apply({"params": params, "cache": state["cache"]}, prompt_ids[:, :-1], prompt_mask[:, :-1],
+                           positions[:, :-1], extra_kv=extra_kv, method=Llama.decode_step, mutable=["cache"])
+
+    def step(cache: Any, tokens: Array) -> tuple[Array, Any]:
+        out, new = llama.apply({"params": params, "cache": cache}, tokens[:, None], extra_kv=extra_kv,
+                               method=Llama.decode_step, mutable=["cache"])
+        return out.logits[:, 0], new["cache"]
+
+    # The prompt's last token is fed as the search's start token, so its step yields the first response token.
+    result = decoding.beam_search(step, state["cache"], batch_size=batch, beam_size=beam_size,
+                                  max_length=max_new_tokens, start_token=last_tokens, eos_token=eos_token,
+                                  pad_token=pad_token, length_penalty=length_penalty)
+    return result.sequences[:, 0]
