@@ -113,6 +113,8 @@ def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: LogicalRules, sha
 
 
 def _divisible_sharding(sharding: NamedSharding, shape: Any) -> NamedSharding:
+    if not hasattr(shape, "shape"):  # an empty subtree: a frozen boxed param's optimizer state (optax.MaskedNode)
+        return sharding
     spec = []
     for dim, axes in zip(shape.shape, tuple(sharding.spec) + (None,) * (len(shape.shape) - len(sharding.spec))):
         names = (axes,) if isinstance(axes, str) else tuple(axes or ())

@@ -231,9 +231,15 @@ def test_only_the_primary_host_writes_metrics(tmp_path):
     assert not (tmp_path / "other_host").exists()
 
 
-def test_parameters_outside_the_trainable_mask_stay_fixed(tmp_path):
+@pytest.mark.parametrize("inside_boxes", [False, True])
+def test_parameters_outside_the_trainable_mask_stay_fixed(tmp_path, inside_boxes):
+    """The mask may stop at the logical-axis boxes or, mapped over the boxed params, reach inside them (then a
+    frozen param's optimizer state is a box around optax's empty MaskedNode, which the shardings must accept)."""
     class FrozenFirstLayer(ToyMethod):
         def trainable_mask(self, params):
+            if inside_boxes:
+                return {"w1": jax.tree.map(lambda _: False, params["w1"]),
+                        "w2": jax.tree.map(lambda _: True, params["w2"])}
             return {"w1": False, "w2": True}
 
     method = FrozenFirstLayer()
