@@ -26,19 +26,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kipjax import partitioning
 from kipjax.data.padding import round_up
 from kipjax.methods.base import Metrics, Params
 from kipjax.methods.imprag import data
 from kipjax.methods.imprag.model import ImpragModel, LayerGroups
 from kipjax.methods.imprag.objectives import generation_loss, in_batch_nce_loss, self_distillation_loss
-from kipjax.methods.imprag.rag_base import LENGTH_MULTIPLE, LlamaRag
+from kipjax.methods.imprag.rag_base import LENGTH_MULTIPLE, CandidateRag
 from kipjax.models.llama import LlamaConfig
 from kipjax.retrieval import corpus_encoding
 
 
 @gin.configurable
-class Imprag(LlamaRag):
+class Imprag(CandidateRag):
     """ImpRAG on a Llama (module docstring).
 
     Args:
@@ -109,17 +108,11 @@ class Imprag(LlamaRag):
                    predictions_dir=predictions_dir, seed=seed, compute_dtype=compute_dtype, remat=remat,
                    token_cache_dir=token_cache_dir)
         self.model = ImpragModel(self.llama, groups, passage_encoding, rotated_embeddings)
-        if positives < 1 or hard_negatives < 0 or not 1 <= hard_ranks[0] <= hard_ranks[1]:
-            raise ValueError(f"Imprag: need positives >= 1, hard_negatives >= 0 and 1 <= hard_ranks[0] <= "
-                             f"hard_ranks[1], got {positives}, {hard_negatives}, {hard_ranks}")
-        self.positives, self.hard_negatives, self.hard_ranks = positives, hard_negatives, tuple(hard_ranks)
-        self.warmup_epochs, self.retrieval_weight = warmup_epochs, retrieval_weight
+        self._init_candidates(positives, hard_negatives, hard_ranks, warmup_epochs)
+        self.retrieval_weight = retrieval_weight
         self.teacher_temperature, self.retriever_temperature = teacher_temperature, retriever_temperature
         self.distill_in_batch = distill_in_batch
         self.top_k, self.search, self.encode_batch_size = top_k, search, encode_batch_size
-        self.candidates = np.full((len(self.training), positives + hard_negatives), data.CANDIDATE_PAD)
-        self.positive = np.zeros(self.candidates.shape, bool)
-        self.distill = False
         self._jit_generate = jax.jit(self.model.generate, static_argnames=("passage_slots", "max_new_tokens",
                                                                            "eos_token"))
         self._jit_states = jax.jit(self.model.passage_states)
@@ -132,33 +125,10 @@ class Imprag(LlamaRag):
         width = round_up(max(len(s.ids) for s in sequences) - 1, LENGTH_MULTIPLE)
         return {**data.training_arrays(sequences, width), "example_index": np.arange(len(sequences), dtype=np.int32)}
 
-    def on_epoch_start(self, params: Params, epoch: int, rng: jax.Array) -> None:
-        """This epoch's candidate sets (fresh hard negatives) and retrieval objective."""
-        generator = np.random.default_rng([self.seed, epoch])
-        for row, ranking in enumerate(self.rankings):
-            if ranking is not None:
-                self.candidates[row], self.positive[row] = data.draw_candidates(
-                    ranking, self.positives, self.hard_negatives, self.hard_ranks, generator)
-        self.distill = epoch >= self.warmup_epochs
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"candidates": self.candidates, "positive": self.positive, "distill": np.asarray(self.distill)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.candidates, self.positive = np.asarray(state["candidates"]), np.asarray(state["positive"], bool)
-        self.distill = bool(state["distill"])
-
     def batch_from_features(self, features: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The rows' sequences with their candidates' passage tokens gathered from the corpus."""
-        rows = features["example_index"]
-        candidates = self.candidates[rows]
-        valid = candidates != data.CANDIDATE_PAD
-        passages = np.where(valid[..., None], self.passage_table[np.maximum(candidates, 0)], 0).astype(np.int32)
         names = ("input_ids", "attention_mask", "targets", "loss_mask", "query_index")
-        return {**{n: features[n] for n in names}, "candidate_ids": candidates.astype(np.int32),
-                "candidate_valid": valid, "positive": self.positive[rows], "passage_ids": passages,
-                "passage_mask": (passages != 0).astype(np.int32),
-                "distill": np.full(len(rows), self.distill, np.int32)}
+        return {**{n: features[n] for n in names}, **self._candidate_features(features["example_index"])}
 
     # --------------------------------------------------------------------------------------------- model
 
@@ -210,14 +180,7 @@ class Imprag(LlamaRag):
     def retrieve(self, params: Params, prompts: Sequence[Sequence[int]],
                  corpus: tuple[np.ndarray, corpus_encoding.CorpusLayout]) -> np.ndarray:
         """[N, top_k] passage rows for each prompt (`data.prompt_tokens`), best first."""
-        mesh = partitioning.current_mesh()
-        ids, mask = self._prompt_arrays(prompts, left=False)
-        queries = corpus_encoding.encode_everywhere(self._encode_queries, params, ids, mask, mesh=mesh,
-                                                    batch_size=self.encode_batch_size, desc="encode queries")
-        local, layout = corpus
-        _, top = corpus_encoding.search_corpus(self.search, queries, local, layout, mesh, self.top_k,
-                                               query_batch=self.encode_batch_size)
-        return top
+        return self._retrieve(self._encode_queries, params, prompts, corpus, self.top_k)
 
     def answer(self, params: Params, prompts: Sequence[Sequence[int]], passages: np.ndarray | None
                ) -> list[str]:
@@ -238,10 +201,7 @@ class Imprag(LlamaRag):
     def evaluate(self, params: Params) -> Metrics:
         """Per evaluation file and averaged: exact match and answer recall@1/@k with retrieval, and exact match
         without retrieval (the same model, L_M reading nothing)."""
-        corpus = corpus_encoding.encode_corpus(self._encode_passages, params, self.passage_table,
-                                               (self.passage_table != 0).astype(np.int32),
-                                               mesh=partitioning.current_mesh(), batch_size=self.encode_batch_size,
-                                               desc="encode corpus")
+        corpus = self._encode_corpus(self._encode_passages, params)
         metrics: Metrics = {}
         ks = sorted({1, self.top_k})
         for eval_set in self.eval_sets:

@@ -21,6 +21,7 @@ import numpy as np
 from kipjax.data.kilt import read_passages
 from kipjax.data.padding import fixed_size_batches, pad_rows, round_up
 from kipjax.data.token_tables import cached_token_table
+from kipjax import partitioning
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import COMPUTE_DTYPES
 from kipjax.methods.imprag import data
@@ -32,6 +33,8 @@ from kipjax.metrics import qa as qa_metrics
 from kipjax.models import hf
 from kipjax.models.llama import Llama, LlamaConfig
 from kipjax.partitioning import fill_boxed
+from kipjax.retrieval import corpus_encoding
+from kipjax.retrieval.corpus_encoding import EncodeFn
 from kipjax.run_log import atomic_write_text
 
 LENGTH_MULTIPLE = 16  # evaluation prompts are padded to a multiple of this, so batches share compilations
@@ -81,11 +84,12 @@ class LlamaRag(Method):
         self.passage_table = cached_token_table(
             self.tokenizer, self.passage_texts, passage_tokens, source_file=passages_file,
             tokenizer_dir=tokenizer_dir or pretrained, cache_dir=token_cache_dir, desc="tokenize passages")
-        self.training, self.rankings = [], []
+        self.training, self.rankings, self.train_sources = [], [], []
         for source in train_files:
             examples = data.read_sources([source], examples_per_dataset)
             self.training += examples
             self.rankings += self._rankings(source, examples)
+            self.train_sources.append((source, len(examples)))
         self.training += self._plain_text(len(self.training), plain_text_share)
         self.rankings += [None] * (len(self.training) - len(self.rankings))
         self.eval_sets = [self._eval_set(source, eval_limit) for source in eval_files]
@@ -150,6 +154,11 @@ class LlamaRag(Method):
         kept = tokens[:eos[0]] if len(eos) else tokens
         return self.tokenizer.decode(kept.tolist(), skip_special_tokens=True).strip()
 
+    @staticmethod
+    def _recall_applies(examples: Sequence[PromptExample]) -> bool:
+        """Whether answer recall means anything: not for fact checking, whose answers are True / False (5.4.1)."""
+        return not all(set(e.answers) <= set(FEVER_ANSWERS.values()) for e in examples)
+
     def _score(self, eval_set: EvalSet, predictions: Sequence[str], blind: Sequence[str],
                top: Sequence[Sequence[int]], ks: Sequence[int]) -> Metrics:
         """One file's exact match with retrieval (reading `top`, passage rows best first), answer recall@k
@@ -162,7 +171,7 @@ class LlamaRag(Method):
         rows = [{"id": e.id, "prediction": p, "passages": r} for e, p, r in zip(examples, predictions, ranked)]
         scored = qa_metrics.evaluate(gold, rows, ks=ks)
         metrics: Metrics = {f"{name}/exact_match": scored["exact_match"]}
-        if not all(set(e.answers) <= set(FEVER_ANSWERS.values()) for e in examples):
+        if self._recall_applies(examples):
             metrics.update({f"{name}/answer_recall@{k}": scored[f"answer_recall@{k}"] for k in ks})
         metrics[f"{name}/no_retrieval_exact_match"] = qa_metrics.evaluate(
             gold, [{"id": e.id, "prediction": p} for e, p in zip(examples, blind)], ks=[1])["exact_match"]
@@ -173,6 +182,26 @@ class LlamaRag(Method):
                               "".join(json.dumps(r) + "\n" for r in rows))
         return metrics
 
+    def _encode_corpus(self, encode: EncodeFn, params: Params) -> tuple[np.ndarray, corpus_encoding.CorpusLayout]:
+        """This host's rows of the corpus embedded by `encode` (sharded over devices and hosts)."""
+        return corpus_encoding.encode_corpus(encode, params, self.passage_table,
+                                             (self.passage_table != 0).astype(np.int32),
+                                             mesh=partitioning.current_mesh(), batch_size=self.encode_batch_size,
+                                             desc="encode corpus")
+
+    def _retrieve(self, encode: EncodeFn, params: Params, prompts: Sequence[Sequence[int]],
+                  corpus: tuple[np.ndarray, corpus_encoding.CorpusLayout], k: int) -> np.ndarray:
+        """[N, k] passage rows for each prompt (`data.prompt_tokens`) embedded by `encode`, best first, by the
+        `search` binding's kind."""
+        mesh = partitioning.current_mesh()
+        ids, mask = self._prompt_arrays(prompts, left=False)
+        queries = corpus_encoding.encode_everywhere(encode, params, ids, mask, mesh=mesh,
+                                                    batch_size=self.encode_batch_size, desc="encode queries")
+        local, layout = corpus
+        _, top = corpus_encoding.search_corpus(self.search, queries, local, layout, mesh, k,
+                                               query_batch=self.encode_batch_size)
+        return top
+
     @staticmethod
     def _with_averages(metrics: Metrics, top_k: int) -> Metrics:
         """`metrics` plus the average over files of exact match, recall@top_k and no-retrieval exact match."""
@@ -182,3 +211,47 @@ class LlamaRag(Method):
             if values:
                 averaged[f"average/{measure}"] = float(np.mean(values))
         return averaged
+
+
+class CandidateRag(LlamaRag):
+    """A LlamaRag that trains a retriever on candidate sets C drawn from the teacher's rankings (5.3.2.1): the
+    top `positives` as pseudo-positives and `hard_negatives` from ranks `hard_ranks`, redrawn every epoch, with
+    the retrieval objective switching from the warmup to distillation after `warmup_epochs`."""
+
+    def _init_candidates(self, positives: int, hard_negatives: int, hard_ranks: tuple[int, int],
+                         warmup_epochs: int) -> None:
+        if positives < 1 or hard_negatives < 0 or not 1 <= hard_ranks[0] <= hard_ranks[1]:
+            raise ValueError(f"{self.owner}: need positives >= 1, hard_negatives >= 0 and 1 <= hard_ranks[0] <= "
+                             f"hard_ranks[1], got {positives}, {hard_negatives}, {hard_ranks}")
+        self.positives, self.hard_negatives, self.hard_ranks = positives, hard_negatives, tuple(hard_ranks)
+        self.warmup_epochs = warmup_epochs
+        self.candidates = np.full((len(self.training), positives + hard_negatives), data.CANDIDATE_PAD)
+        self.positive = np.zeros(self.candidates.shape, bool)
+        self.distill = False
+
+    def on_epoch_start(self, params: Params, epoch: int, rng: jax.Array) -> None:
+        """This epoch's candidate sets (fresh hard negatives) and retrieval objective."""
+        generator = np.random.default_rng([self.seed, epoch])
+        for row, ranking in enumerate(self.rankings):
+            if ranking is not None:
+                self.candidates[row], self.positive[row] = data.draw_candidates(
+                    ranking, self.positives, self.hard_negatives, self.hard_ranks, generator)
+        self.distill = epoch >= self.warmup_epochs
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"candidates": self.candidates, "positive": self.positive, "distill": np.asarray(self.distill)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.candidates, self.positive = np.asarray(state["candidates"]), np.asarray(state["positive"], bool)
+        self.distill = bool(state["distill"])
+
+    def _candidate_features(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """The rows' candidates ([rows, |C|] passage rows, valid, pseudo-positive), their passage tokens
+        gathered from the corpus ([rows, |C|, l_max] and mask) and the objective's switch."""
+        candidates = self.candidates[rows]
+        valid = candidates != data.CANDIDATE_PAD
+        passages = np.where(valid[..., None], self.passage_table[np.maximum(candidates, 0)], 0).astype(np.int32)
+        return {"candidate_ids": candidates.astype(np.int32), "candidate_valid": valid,
+                "positive": self.positive[rows], "passage_ids": passages,
+                "passage_mask": (passages != 0).astype(np.int32),
+                "distill": np.full(len(rows), self.distill, np.int32)}
