@@ -69,7 +69,9 @@ def test_training_rows_read_the_retrievers_top_k_before_the_prompt(method):
     assert separator == tokenizer(" | ", add_special_tokens=False)["input_ids"] and separator
     ids = [str(i) for i in read_passages(demo_kilt_path("passages.tsv")).ids]
     first = method.training[0]
-    rows = [ids.index(p) for p in ranking_of(0, ids)[:2]]
+    with open(demo_kilt_path("qa-train-kilt.jsonl")) as f:
+        line = [json.loads(x)["id"] for x in f].index(first.id)
+    rows = [ids.index(p) for p in ranking_of(line, ids)[:2]]
     passages = [[t for t in method.passage_table[r].tolist() if t != 0][:-1] for r in rows]  # no pads, no EOS
     prompt = tokenizer(first.prompt, add_special_tokens=False)["input_ids"]
     response = tokenizer(" " + first.response, add_special_tokens=False)["input_ids"]

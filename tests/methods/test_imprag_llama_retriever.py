@@ -33,7 +33,7 @@ def labels_dir(tmp_path_factory):
     ids = [str(i) for i in read_passages(demo_kilt_path("passages.tsv")).ids]
     with open(demo_kilt_path("qa-train-kilt.jsonl")) as f:
         lines = [json.dumps({"id": json.loads(line)["id"], "passages": [ids[(3 * i + r) % len(ids)] for r in range(60)]})
-                 for i, line in zip(range(PER_DATASET), f)]
+                 for i, line in enumerate(f)]
     pseudo_label_path(out, QA).write_text("\n".join(lines) + "\n")
     return out
 

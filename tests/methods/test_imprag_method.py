@@ -25,16 +25,23 @@ POOL = 60  # the fake teacher ranks 60 passages for every query
 
 @pytest.fixture(scope="module")
 def labels_dir(tmp_path_factory):
-    """A teacher ranking every query's passages as rows 3*i, 3*i + 1, ... (so each query's list differs)."""
+    """A teacher ranking the passages of the query on line i as rows 3*i, 3*i + 1, ... (each list differs)."""
     out = tmp_path_factory.mktemp("pseudo_labels")
     ids = [str(i) for i in read_passages(demo_kilt_path("passages.tsv")).ids]
     lines = []
     with open(demo_kilt_path("qa-train-kilt.jsonl")) as f:
-        for i, line in zip(range(PER_DATASET), f):
+        for i, line in enumerate(f):
             ranking = [ids[(3 * i + r) % len(ids)] for r in range(POOL)]
             lines.append(json.dumps({"id": json.loads(line)["id"], "passages": ranking}))
     pseudo_label_path(out, QA).write_text("\n".join(lines) + "\n")
     return out
+
+
+def qa_lines():
+    """The demo's qa training records and each id's line number."""
+    with open(demo_kilt_path("qa-train-kilt.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    return records, {r["id"]: i for i, r in enumerate(records)}
 
 
 def make_method(labels_dir, **kwargs):
@@ -60,8 +67,8 @@ def test_training_rows_are_prompt_response_and_plain_text(method):
     tokenizer = method.tokenizer
     assert len(method.training) == PER_DATASET + 4  # 25% plain text: 4 of 16 rows
     first = method.training[0]
-    with open(demo_kilt_path("qa-train-kilt.jsonl")) as f:
-        record = json.loads(f.readline())
+    records, line_of = qa_lines()
+    record = records[line_of[first.id]]
     assert first.prompt == f"Q: {record['input']} A:" and first.response == record["output"][0]["answer"]
     row = arrays["input_ids"][0][arrays["attention_mask"][0] > 0]
     targets = arrays["targets"][0][arrays["loss_mask"][0] > 0]
@@ -73,11 +80,23 @@ def test_training_rows_are_prompt_response_and_plain_text(method):
     assert arrays["loss_mask"][-1].sum() == arrays["attention_mask"][-1].sum()  # every next token is a target
 
 
+def test_each_training_file_gives_a_seeded_random_subset_in_file_order(labels_dir, method):
+    records, _ = qa_lines()
+    drawn = np.sort(np.random.default_rng([0, 0]).choice(len(records), size=PER_DATASET, replace=False))
+    assert [e.id for e in method.training[:PER_DATASET]] == [records[i]["id"] for i in drawn]
+    first = make_method(labels_dir, subset_seed=None)
+    assert [e.id for e in first.training[:PER_DATASET]] == [r["id"] for r in records[:PER_DATASET]]
+    other = make_method(labels_dir, subset_seed=1)
+    assert [e.id for e in other.training[:PER_DATASET]] != [e.id for e in method.training[:PER_DATASET]]
+
+
 def test_epochs_draw_candidates_from_the_ranking_and_switch_objectives(method):
     method.on_epoch_start(None, 0, jax.random.PRNGKey(0))
     first_draw = method.candidates.copy()
+    _, line_of = qa_lines()
     for i in range(PER_DATASET):
-        ranking = [(3 * i + r) % len(method.passage_ids) for r in range(POOL)]
+        line = line_of[method.training[i].id]
+        ranking = [(3 * line + r) % len(method.passage_ids) for r in range(POOL)]
         assert list(method.candidates[i, :2]) == ranking[:2]
         assert set(method.candidates[i, 2:]) <= set(ranking[9:50]) and len(set(method.candidates[i, 2:])) == 3
         assert list(method.positive[i]) == [True, True, False, False, False]

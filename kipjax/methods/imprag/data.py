@@ -43,6 +43,15 @@ def read_sources(sources: Sequence[str], limit: int | None) -> list[PromptExampl
     return examples
 
 
+def sample_examples(examples: Sequence[PromptExample], count: int | None, rng: np.random.Generator
+                    ) -> list[PromptExample]:
+    """`count` of `examples` drawn without replacement, kept in file order (the chapter trains on 5,000
+    examples of each dataset); all of them when `count` is None or not smaller."""
+    if count is None or count >= len(examples):
+        return list(examples)
+    return [examples[i] for i in np.sort(rng.choice(len(examples), size=count, replace=False))]
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenSequence:
     """One tokenized example: `ids` = [BOS] prompt response EOS and the prompt's length in `ids`."""

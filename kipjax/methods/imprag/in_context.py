@@ -36,7 +36,7 @@ class InContextRag(LlamaRag):
     """RA-IT and RA-DIT on a Llama (module docstring).
 
     Args:
-      passages_file / train_files / eval_files / tokenizer_dir / pretrained / model_config / examples_per_dataset
+      passages_file / train_files / eval_files / tokenizer_dir / pretrained / model_config / examples_per_dataset / subset_seed
         / plain_text_share / max_prompt_tokens / max_response_tokens / passage_tokens / eval_limit /
         eval_batch_size / max_new_tokens / predictions_dir / seed / compute_dtype / remat / token_cache_dir: as
         `Imprag`'s.
@@ -55,6 +55,7 @@ class InContextRag(LlamaRag):
         pretrained: str | None = None,
         model_config: LlamaConfig | None = None,
         examples_per_dataset: int | None = 5000,
+        subset_seed: int | None = 0,
         plain_text_share: float = 0.1,
         max_prompt_tokens: int = 256,
         max_response_tokens: int = 64,
@@ -72,12 +73,11 @@ class InContextRag(LlamaRag):
     ):
         self._load("InContextRag", passages_file=passages_file, train_files=train_files, eval_files=eval_files,
                    rankings_dir=rankings_dir, tokenizer_dir=tokenizer_dir, pretrained=pretrained,
-                   model_config=model_config, examples_per_dataset=examples_per_dataset,
+                   model_config=model_config, examples_per_dataset=examples_per_dataset, subset_seed=subset_seed,
                    plain_text_share=plain_text_share, max_prompt_tokens=max_prompt_tokens,
-                   max_response_tokens=max_response_tokens, passage_tokens=passage_tokens,
-                   eval_limit=eval_limit, eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
-                   predictions_dir=predictions_dir, seed=seed, compute_dtype=compute_dtype, remat=remat,
-                   token_cache_dir=token_cache_dir)
+                   max_response_tokens=max_response_tokens, passage_tokens=passage_tokens, eval_limit=eval_limit,
+                   eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens, predictions_dir=predictions_dir,
+                   seed=seed, compute_dtype=compute_dtype, remat=remat, token_cache_dir=token_cache_dir)
         if top_k < 1:
             raise ValueError(f"InContextRag: top_k must be >= 1, got {top_k}")
         self.top_k = top_k

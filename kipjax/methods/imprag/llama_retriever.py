@@ -66,6 +66,7 @@ class LlamaRetriever(CandidateRag):
         model_config: LlamaConfig | None = None,
         bottom_end: int = 7,
         examples_per_dataset: int | None = 5000,
+        subset_seed: int | None = 0,
         positives: int = 5,
         hard_negatives: int = 5,
         hard_ranks: tuple[int, int] = (10, 50),
@@ -90,8 +91,8 @@ class LlamaRetriever(CandidateRag):
     ):
         self._load("LlamaRetriever", passages_file=passages_file, train_files=train_files, eval_files=eval_files,
                    rankings_dir=pseudo_labels_dir, tokenizer_dir=tokenizer_dir, pretrained=pretrained,
-                   model_config=model_config, examples_per_dataset=examples_per_dataset, plain_text_share=0.0,
-                   max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens,
+                   model_config=model_config, examples_per_dataset=examples_per_dataset, subset_seed=subset_seed,
+                   plain_text_share=0.0, max_prompt_tokens=max_prompt_tokens, max_response_tokens=max_response_tokens,
                    passage_tokens=passage_tokens, eval_limit=eval_limit, eval_batch_size=encode_batch_size,
                    max_new_tokens=1, predictions_dir=None, seed=seed, compute_dtype=compute_dtype, remat=remat,
                    token_cache_dir=token_cache_dir)

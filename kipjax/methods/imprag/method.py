@@ -43,7 +43,7 @@ class Imprag(CandidateRag):
     Args:
       passages_file: the knowledge corpus in DPR's TSV layout (`kipjax.data.kilt.read_passages`).
       train_files / eval_files: "FORMAT:PATH" task files (`task_readers.READERS`); `examples_per_dataset` of each
-        training file (the chapter: 5,000). pseudo_labels_dir: the teacher's rankings of the training files'
+        training file (the chapter: 5,000), drawn at random with `subset_seed` (None: the file's first ones). pseudo_labels_dir: the teacher's rankings of the training files'
         retrieving examples (`python -m kipjax.methods.imprag.pseudo_labels`).
       tokenizer_dir / pretrained / model_config: a local Hugging Face Llama directory, or a config from scratch.
       groups: the layer boundaries b and t. passage_encoding / rotated_embeddings: see `ImpragModel`.
@@ -75,6 +75,7 @@ class Imprag(CandidateRag):
         passage_encoding: str = "concatenated",
         rotated_embeddings: bool = False,
         examples_per_dataset: int | None = 5000,
+        subset_seed: int | None = 0,
         positives: int = 5,
         hard_negatives: int = 5,
         hard_ranks: tuple[int, int] = (10, 50),
@@ -101,12 +102,11 @@ class Imprag(CandidateRag):
     ):
         self._load("Imprag", passages_file=passages_file, train_files=train_files, eval_files=eval_files,
                    rankings_dir=pseudo_labels_dir, tokenizer_dir=tokenizer_dir, pretrained=pretrained,
-                   model_config=model_config, examples_per_dataset=examples_per_dataset,
+                   model_config=model_config, examples_per_dataset=examples_per_dataset, subset_seed=subset_seed,
                    plain_text_share=plain_text_share, max_prompt_tokens=max_prompt_tokens,
-                   max_response_tokens=max_response_tokens, passage_tokens=passage_tokens,
-                   eval_limit=eval_limit, eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens,
-                   predictions_dir=predictions_dir, seed=seed, compute_dtype=compute_dtype, remat=remat,
-                   token_cache_dir=token_cache_dir)
+                   max_response_tokens=max_response_tokens, passage_tokens=passage_tokens, eval_limit=eval_limit,
+                   eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens, predictions_dir=predictions_dir,
+                   seed=seed, compute_dtype=compute_dtype, remat=remat, token_cache_dir=token_cache_dir)
         self.model = ImpragModel(self.llama, groups, passage_encoding, rotated_embeddings)
         self._init_candidates(positives, hard_negatives, hard_ranks, warmup_epochs)
         self.retrieval_weight = retrieval_weight

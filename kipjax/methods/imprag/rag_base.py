@@ -54,12 +54,14 @@ class LlamaRag(Method):
 
     def _load(self, owner: str, *, passages_file: str, train_files: Sequence[str], eval_files: Sequence[str],
               rankings_dir: str, tokenizer_dir: str | None, pretrained: str | None,
-              model_config: LlamaConfig | None, examples_per_dataset: int | None, plain_text_share: float,
+              model_config: LlamaConfig | None, examples_per_dataset: int | None, subset_seed: int | None,
+              plain_text_share: float,
               max_prompt_tokens: int, max_response_tokens: int, passage_tokens: int, eval_limit: int | None,
               eval_batch_size: int, max_new_tokens: int, predictions_dir: str | None, seed: int,
               compute_dtype: str, remat: bool, token_cache_dir: str | None) -> None:
         """Reads the tokenizer, corpus and task files and builds `llama` (pretrained params, if any, in
-        `pretrained_params`)."""
+        `pretrained_params`). Each training file gives `examples_per_dataset` examples drawn at random
+        (`subset_seed`; None: its first ones)."""
         check_model_source(owner, "Llama", pretrained, model_config, tokenizer_dir)
         self.owner = owner
         self.tokenizer = hf.load_tokenizer(tokenizer_dir or pretrained)
@@ -85,8 +87,12 @@ class LlamaRag(Method):
             self.tokenizer, self.passage_texts, passage_tokens, source_file=passages_file,
             tokenizer_dir=tokenizer_dir or pretrained, cache_dir=token_cache_dir, desc="tokenize passages")
         self.training, self.rankings, self.train_sources = [], [], []
-        for source in train_files:
-            examples = data.read_sources([source], examples_per_dataset)
+        for index, source in enumerate(train_files):
+            if subset_seed is None:
+                examples = data.read_sources([source], examples_per_dataset)
+            else:
+                examples = data.sample_examples(data.read_sources([source], None), examples_per_dataset,
+                                                np.random.default_rng([subset_seed, index]))
             self.training += examples
             self.rankings += self._rankings(source, examples)
             self.train_sources.append((source, len(examples)))
