@@ -315,7 +315,7 @@ class DecodeSlots(nn.Module):
         return positions, jnp.where(visible, 0.0, layers.MASK_VALUE)[:, None], start
 
 
-def _full_pass_bias(attention_mask: Array, segment_ids: Array | None = None) -> Array:
+def full_pass_bias(attention_mask: Array, segment_ids: Array | None = None) -> Array:
     """(batch, 1, length, length): causal, masked keys hidden, and (with `segment_ids`) other segments hidden."""
     length = attention_mask.shape[1]
     causal = jnp.arange(length)[None, :] <= jnp.arange(length)[:, None]
@@ -375,7 +375,7 @@ class Llama(nn.Module):
         cache_index = None
         if cache is None:
             positions = default_positions(attention_mask) if positions is None else positions
-            bias = _full_pass_bias(attention_mask, segment_ids)
+            bias = full_pass_bias(attention_mask, segment_ids)
             x = embed(input_ids) if hidden_states is None else hidden_states.astype(cfg.dtype)
         elif cache == "prepare":
             max_length = input_ids.shape[1] if max_length is None else max_length

@@ -160,3 +160,33 @@ def test_the_corpus_token_table_is_cached_and_memory_mapped(labels_dir, method, 
     assert isinstance(second.passage_table, np.memmap)
     np.testing.assert_array_equal(second.passage_table, method.passage_table)
     np.testing.assert_array_equal(first.passage_table, method.passage_table)
+
+
+@pytest.mark.parametrize("compression", ["heavy_hitter", "product_quantization"])
+def test_evaluation_reads_compressed_passage_states(labels_dir, compression):
+    method = make_method(labels_dir, passage_kv_compression=compression, pq_subquantizers=4, pq_bits=4,
+                         pq_training_passages=16, eval_limit=2)
+    arrays = method.train_examples()
+    params = nn.unbox(method.init(jax.random.PRNGKey(0), {k: jnp.asarray(v[:1]) for k, v in arrays.items()}))
+    prompts, top = method.eval_sets[0].prompts, np.array([[0, 1, 2], [3, 4, 5]])
+    tokens = method.passage_table[top].astype(np.int32)
+    ids, mask = jnp.asarray(tokens), jnp.asarray((tokens != 0).astype(np.int32))
+    quantizers = method.train_quantizers(params) if compression == "product_quantization" else None
+    states = method._reading_states(params, ids, mask, quantizers)
+    plain = method.model.passage_states(params, ids, mask)
+    for layer, (keys, values, slots) in states.items():
+        if compression == "heavy_hitter":  # half of each passage's tokens, per passage
+            np.testing.assert_array_equal(np.asarray(slots).reshape(2, 3, -1).sum(-1),
+                                          np.ceil((tokens != 0).sum(-1) / 2))
+        else:  # the decoded codes: near the states, not equal to them
+            error = np.abs(np.asarray(keys) - np.asarray(plain[layer][0]))[np.asarray(slots) > 0]
+            assert 0 < error.mean() < 0.5 * np.abs(np.asarray(plain[layer][0])).mean()
+    with partitioning.activate(partitioning.make_mesh(), partitioning.DEFAULT_RULES):
+        metrics = method.evaluate(params)
+    assert "qa/exact_match" in metrics and "average/no_retrieval_exact_match" in metrics
+    assert len(method.answer(params, prompts, top, quantizers)) == 2
+
+
+def test_unknown_compression_is_named(labels_dir):
+    with pytest.raises(ValueError, match="passage_kv_compression must be one of"):
+        make_method(labels_dir, passage_kv_compression="zip")

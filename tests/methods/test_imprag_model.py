@@ -231,3 +231,22 @@ def test_candidate_log_likelihoods_read_each_passage_alone(checkpoint):
         picked = np.take_along_axis(log_probs, np.asarray(targets)[..., None], -1)[..., 0]
         want = (picked * np.asarray(loss_mask)).sum(1) / np.asarray(loss_mask).sum(1)
         np.testing.assert_allclose(got[:, j], want, atol=1e-4, rtol=0)
+
+
+def test_heavy_hitters_keep_every_token_at_fraction_one_and_half_the_slots_at_one_half(checkpoint):
+    """Keeping all tokens reorders nothing the reader can see (attention ignores the order of extra keys), so
+    the logits equal reading the uncompressed states; at 0.5 each passage keeps ceil(n / 2) of its n tokens."""
+    _, llama, params = checkpoint
+    model = ImpragModel(llama, LayerGroups(bottom_end=1, middle_end=2))
+    ids, mask = jnp.asarray(PASSAGES), jnp.asarray(PASSAGE_MASK)
+    full = model.read(params, jnp.asarray(QUERIES), jnp.asarray(QUERY_MASK), model.passage_states(params, ids, mask),
+                      passage_slots=10).logits
+    kept = model.read(params, jnp.asarray(QUERIES), jnp.asarray(QUERY_MASK),
+                      model.heavy_hitter_states(params, ids, mask, 1.0), passage_slots=10).logits
+    valid = QUERY_MASK.astype(bool)
+    np.testing.assert_allclose(np.asarray(kept)[valid], np.asarray(full)[valid], atol=1e-5, rtol=0)
+    half = model.heavy_hitter_states(params, ids, mask, 0.5)
+    for keys, values, slots in half.values():
+        assert keys.shape == (3, 2 * 3, 2, 8) and values.shape == keys.shape  # k = 2 passages x ceil(5 / 2)
+        per_passage = np.asarray(slots).reshape(3, 2, 3).sum(-1)
+        np.testing.assert_array_equal(per_passage, np.ceil(PASSAGE_MASK.sum(-1) / 2))

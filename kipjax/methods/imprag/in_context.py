@@ -36,8 +36,8 @@ class InContextRag(LlamaRag):
     """RA-IT and RA-DIT on a Llama (module docstring).
 
     Args:
-      passages_file / train_files / eval_files / tokenizer_dir / pretrained / model_config / examples_per_dataset / subset_seed
-        / plain_text_share / max_prompt_tokens / max_response_tokens / passage_tokens / eval_limit /
+      passages_file / train_files / eval_files / tokenizer_dir / pretrained / model_config / examples_per_dataset
+        / subset_seed / plain_text_share / max_prompt_tokens / max_response_tokens / passage_tokens / eval_limit /
         eval_batch_size / max_new_tokens / predictions_dir / seed / compute_dtype / remat / token_cache_dir: as
         `Imprag`'s.
       rankings_dir: the retriever's rankings of every training and evaluation file that retrieves

@@ -45,10 +45,10 @@ class LlamaRetriever(CandidateRag):
 
     Args:
       passages_file / train_files / eval_files / pseudo_labels_dir / tokenizer_dir / pretrained / model_config /
-        examples_per_dataset / positives / hard_negatives / hard_ranks / warmup_epochs / teacher_temperature /
-        retriever_temperature / distill_in_batch / max_prompt_tokens / max_response_tokens / passage_tokens /
-        top_k / search / encode_batch_size / eval_limit / seed / compute_dtype / remat / token_cache_dir: as
-        `Imprag`'s.
+        examples_per_dataset / subset_seed / positives / hard_negatives / hard_ranks / warmup_epochs /
+        teacher_temperature / retriever_temperature / distill_in_batch / max_prompt_tokens / max_response_tokens /
+        passage_tokens / top_k / search / encode_batch_size / eval_limit / seed / compute_dtype / remat /
+        token_cache_dir: as `Imprag`'s.
       bottom_end: b, the retriever's last layer (7: "the first 8 layers").
       passage_separator: text after the passage in the reader's context (as `InContextRag`'s).
       rankings_out: where evaluation writes the retriever's rankings (None: not written).

@@ -26,14 +26,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kipjax.data.padding import round_up
+from kipjax.data.padding import fixed_size_batches, round_up
 from kipjax.methods.base import Metrics, Params
-from kipjax.methods.imprag import data
+from kipjax.methods.imprag import data, kv_compression
 from kipjax.methods.imprag.model import ImpragModel, LayerGroups
 from kipjax.methods.imprag.objectives import generation_loss, in_batch_nce_loss, self_distillation_loss
 from kipjax.methods.imprag.rag_base import LENGTH_MULTIPLE, CandidateRag
-from kipjax.models.llama import LlamaConfig
+from kipjax.models.llama import ExtraKV, LlamaConfig
 from kipjax.retrieval import corpus_encoding
+
+
+KV_COMPRESSIONS = (None, "heavy_hitter", "product_quantization")
 
 
 @gin.configurable
@@ -43,8 +46,9 @@ class Imprag(CandidateRag):
     Args:
       passages_file: the knowledge corpus in DPR's TSV layout (`kipjax.data.kilt.read_passages`).
       train_files / eval_files: "FORMAT:PATH" task files (`task_readers.READERS`); `examples_per_dataset` of each
-        training file (the chapter: 5,000), drawn at random with `subset_seed` (None: the file's first ones). pseudo_labels_dir: the teacher's rankings of the training files'
-        retrieving examples (`python -m kipjax.methods.imprag.pseudo_labels`).
+        training file (the chapter: 5,000), drawn at random with `subset_seed` (None: the file's first ones).
+        pseudo_labels_dir: the teacher's rankings of the training files' retrieving examples (`python -m
+        kipjax.methods.imprag.pseudo_labels`).
       tokenizer_dir / pretrained / model_config: a local Hugging Face Llama directory, or a config from scratch.
       groups: the layer boundaries b and t. passage_encoding / rotated_embeddings: see `ImpragModel`.
       positives / hard_negatives / hard_ranks: the candidate set C (top 5; < 10 drawn from ranks 10-50).
@@ -60,6 +64,13 @@ class Imprag(CandidateRag):
         retrieved passages) are written there as `kipjax.metrics.qa` reads them. token_cache_dir: where the
         corpus's token table is cached and memory-mapped from on later runs (`kipjax.data.token_tables`; the
         real corpus takes hours to tokenize); None tokenizes at every start.
+      passage_kv_compression: how the passages' L_M states are stored at evaluation (appendix C.3): None,
+        'heavy_hitter' (the `kv_keep_fraction` of each passage's tokens that received the most attention while
+        it was encoded, per layer and kv head) or 'product_quantization' (OPQ + PQ per key / value head,
+        `pq_subquantizers` codes of `pq_bits` bits: 8x smaller than bf16 at 32 x 8 bits for 128 dims, the
+        appendix's OPQ32x128-PQ32x8), trained at each evaluation on the states of `pq_training_passages`
+        corpus passages drawn at random (the appendix: 500k; every token is a training vector); the states
+        the reader attends to are the decoded codes.
     """
 
     def __init__(
@@ -99,6 +110,11 @@ class Imprag(CandidateRag):
         compute_dtype: str = "float32",
         remat: bool = False,
         token_cache_dir: str | None = None,
+        passage_kv_compression: str | None = None,
+        kv_keep_fraction: float = 0.5,
+        pq_subquantizers: int = 32,
+        pq_bits: int = 8,
+        pq_training_passages: int = 256,
     ):
         self._load("Imprag", passages_file=passages_file, train_files=train_files, eval_files=eval_files,
                    rankings_dir=pseudo_labels_dir, tokenizer_dir=tokenizer_dir, pretrained=pretrained,
@@ -115,7 +131,12 @@ class Imprag(CandidateRag):
         self.top_k, self.search, self.encode_batch_size = top_k, search, encode_batch_size
         self._jit_generate = jax.jit(self.model.generate, static_argnames=("passage_slots", "max_new_tokens",
                                                                            "eos_token"))
-        self._jit_states = jax.jit(self.model.passage_states)
+        if passage_kv_compression not in KV_COMPRESSIONS:
+            raise ValueError(f"Imprag: passage_kv_compression must be one of {KV_COMPRESSIONS}, got "
+                             f"{passage_kv_compression!r}")
+        self.kv_compression, self.kv_keep_fraction = passage_kv_compression, kv_keep_fraction
+        self.pq_subquantizers, self.pq_bits, self.pq_training_passages = pq_subquantizers, pq_bits, pq_training_passages
+        self._jit_states = jax.jit(self._reading_states)
 
     # ---------------------------------------------------------------------------------------------- data
 
@@ -182,15 +203,42 @@ class Imprag(CandidateRag):
         """[N, top_k] passage rows for each prompt (`data.prompt_tokens`), best first."""
         return self._retrieve(self._encode_queries, params, prompts, corpus, self.top_k)
 
-    def answer(self, params: Params, prompts: Sequence[Sequence[int]], passages: np.ndarray | None
-               ) -> list[str]:
-        """Greedy answers to the prompts, reading each one's `passages` rows ([N, k]; None: no retrieval)."""
+    def _reading_states(self, params: Params, ids: jax.Array, mask: jax.Array,
+                        quantizers: kv_compression.Quantizers | None) -> dict[int, ExtraKV]:
+        """The L_M states the reader attends to: the passages' own, or what their compression keeps."""
+        if self.kv_compression == "heavy_hitter":
+            return self.model.heavy_hitter_states(params, ids, mask, self.kv_keep_fraction)
+        states = self.model.passage_states(params, ids, mask)
+        if self.kv_compression == "product_quantization":
+            return kv_compression.decode(quantizers, kv_compression.encode(quantizers, states))
+        return states
+
+    def train_quantizers(self, params: Params) -> kv_compression.Quantizers:
+        """Product quantizers of L_M's keys / values, trained on `pq_training_passages` random corpus passages
+        (each alone), encoded `eval_batch_size` at a time."""
+        count = min(self.pq_training_passages, len(self.passage_table))
+        rows = np.sort(np.random.default_rng(self.seed).choice(len(self.passage_table), count, replace=False))
+        parts: list[dict[int, ExtraKV]] = []
+        encode = jax.jit(self.model.passage_states)
+        for (batch,) in fixed_size_batches(self.eval_batch_size, rows, desc="passage states for PQ"):
+            tokens = self.passage_table[batch][:, None].astype(np.int32)
+            states = encode(params, jnp.asarray(tokens), jnp.asarray((tokens != 0).astype(np.int32)))
+            parts.append(jax.tree.map(np.asarray, states))
+        states = {layer: tuple(np.concatenate([p[layer][i] for p in parts])[:count] for i in range(3))
+                  for layer in parts[0]}
+        return kv_compression.train_quantizers(states, self.pq_subquantizers, self.pq_bits, seed=self.seed)
+
+    def answer(self, params: Params, prompts: Sequence[Sequence[int]], passages: np.ndarray | None,
+               quantizers: kv_compression.Quantizers | None = None) -> list[str]:
+        """Greedy answers to the prompts, reading each one's `passages` rows ([N, k]; None: no retrieval),
+        their states compressed as `passage_kv_compression` says (`quantizers`: `train_quantizers`')."""
         answers: list[str] = []
         for batch in self._generation_batches(prompts, *(() if passages is None else (passages,))):
             states, slots = None, 0
             if passages is not None:
                 tokens = self.passage_table[batch[2]].astype(np.int32)
-                states = self._jit_states(params, jnp.asarray(tokens), jnp.asarray((tokens != 0).astype(np.int32)))
+                states = self._jit_states(params, jnp.asarray(tokens), jnp.asarray((tokens != 0).astype(np.int32)),
+                                          quantizers)
                 slots = tokens.shape[1] * tokens.shape[2]
             out = self._jit_generate(params, jnp.asarray(batch[0]), jnp.asarray(batch[1]), states,
                                      passage_slots=slots, max_new_tokens=self.max_new_tokens,
@@ -202,10 +250,11 @@ class Imprag(CandidateRag):
         """Per evaluation file and averaged: exact match and answer recall@1/@k with retrieval, and exact match
         without retrieval (the same model, L_M reading nothing)."""
         corpus = self._encode_corpus(self._encode_passages, params)
+        quantizers = self.train_quantizers(params) if self.kv_compression == "product_quantization" else None
         metrics: Metrics = {}
         ks = sorted({1, self.top_k})
         for eval_set in self.eval_sets:
             top = self.retrieve(params, eval_set.prompts, corpus)
-            metrics.update(self._score(eval_set, self.answer(params, eval_set.prompts, top),
+            metrics.update(self._score(eval_set, self.answer(params, eval_set.prompts, top, quantizers),
                                        self.answer(params, eval_set.prompts, None), top, ks))
         return self._with_averages(metrics, self.top_k)

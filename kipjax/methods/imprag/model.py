@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from kipjax import decoding
+from kipjax.methods.imprag import kv_compression
 from kipjax.methods.imprag.objectives import response_log_likelihood
 from kipjax.models import layers
 from kipjax.models.llama import CausalLMOutput, ExtraKV, Llama, default_positions
@@ -121,10 +122,11 @@ class ImpragModel:
         out = self._bottom(params, ids, mask)
         return passage_embedding(out.key_states[self.groups.bottom_end], last_token_index(mask))
 
-    def passage_states(self, params: Params, ids: Array, mask: Array, deterministic: bool = True,
-                       rngs: Mapping[str, Array] | None = None) -> dict[int, ExtraKV]:
-        """L_M's keys / values of each row's (batch, k, l_max) passages, encoded by layers 0..t as
-        `passage_encoding` says: {layer: (keys, values, mask)} over (batch, k * l_max) slots."""
+    def _encode_passages(self, params: Params, ids: Array, mask: Array, deterministic: bool,
+                         rngs: Mapping[str, Array] | None) -> tuple[CausalLMOutput, Array, Array | None]:
+        """Layers 0..t over each row's (batch, k, l_max) passages as `passage_encoding` says: the output (with
+        L_M's post-RoPE query / key / value states), the (batch, k * l_max) mask and the segment ids (None when
+        the passages attend across each other)."""
         batch, k, l_max = ids.shape
         flat_ids, flat_mask = ids.reshape(batch, k * l_max), mask.reshape(batch, k * l_max)
         segments = None
@@ -139,7 +141,25 @@ class ImpragModel:
         out = self.llama.apply({"params": params}, flat_ids, flat_mask, positions, deterministic=deterministic,
                                layer_range=(0, self.groups.middle_end), return_qk_layers=self.groups.middle,
                                segment_ids=segments, rngs=rngs)
+        return out, flat_mask, segments
+
+    def passage_states(self, params: Params, ids: Array, mask: Array, deterministic: bool = True,
+                       rngs: Mapping[str, Array] | None = None) -> dict[int, ExtraKV]:
+        """L_M's keys / values of each row's (batch, k, l_max) passages, encoded by layers 0..t as
+        `passage_encoding` says: {layer: (keys, values, mask)} over (batch, k * l_max) slots."""
+        out, flat_mask, _ = self._encode_passages(params, ids, mask, deterministic, rngs)
         return {i: (out.key_states[i], out.value_states[i], flat_mask) for i in self.groups.middle}
+
+    def heavy_hitter_states(self, params: Params, ids: Array, mask: Array, keep_fraction: float
+                            ) -> dict[int, ExtraKV]:
+        """`passage_states` keeping, per passage, layer and kv head, the `keep_fraction` of its tokens that
+        received the most attention while the passages were encoded (appendix C.3's heavy hitters;
+        `kv_compression.keep_heavy_hitters`): (batch, k * ceil(keep_fraction * l_max)) slots."""
+        out, flat_mask, segments = self._encode_passages(params, ids, mask, True, None)
+        states = {i: (out.key_states[i], out.value_states[i], flat_mask) for i in self.groups.middle}
+        scores = {i: kv_compression.accumulated_attention(out.query_states[i], out.key_states[i], flat_mask, segments)
+                  for i in self.groups.middle}
+        return kv_compression.keep_heavy_hitters(states, scores, keep_fraction, passages=ids.shape[1])
 
     def candidate_states(self, params: Params, ids: Array, mask: Array, deterministic: bool = True,
                          rngs: Mapping[str, Array] | None = None) -> tuple[Array, dict[int, ExtraKV]]:
