@@ -101,6 +101,7 @@ def test_the_loss_is_the_mean_response_token_cross_entropy(method):
     assert optax.global_norm(grads) > 0
 
 
+@pytest.mark.slow
 def test_evaluation_reads_the_rankings_top_k_and_reports_no_retrieval(method, tmp_path):
     method.predictions_dir = str(tmp_path)
     arrays = method.train_examples()

@@ -91,6 +91,7 @@ def test_reader_sequences_put_one_candidate_before_the_prompt(retriever):
     assert int(batch["reader_loss_mask"][row, slot].sum()) == len(response) + 1
 
 
+@pytest.mark.slow
 def test_losses_are_eq_5_3_then_eq_5_6_with_the_frozen_readers_likelihoods(retriever):
     warm = batch_of(retriever, 0)
     params = nn.unbox(retriever.init(jax.random.PRNGKey(1), warm))
@@ -129,6 +130,7 @@ def test_losses_are_eq_5_3_then_eq_5_6_with_the_frozen_readers_likelihoods(retri
     assert sum(float(jnp.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads["retriever"])) > 0
 
 
+@pytest.mark.slow
 def test_evaluation_writes_rankings_that_the_in_context_baseline_reads(labels_dir, tmp_path):
     method = make_retriever(labels_dir, rankings_out=str(tmp_path))
     params = nn.unbox(method.init(jax.random.PRNGKey(2), batch_of(method, 0)))

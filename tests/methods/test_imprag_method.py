@@ -162,6 +162,7 @@ def test_the_corpus_token_table_is_cached_and_memory_mapped(labels_dir, method, 
     np.testing.assert_array_equal(first.passage_table, method.passage_table)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compression", ["heavy_hitter", "product_quantization"])
 def test_evaluation_reads_compressed_passage_states(labels_dir, compression):
     method = make_method(labels_dir, passage_kv_compression=compression, pq_subquantizers=4, pq_bits=4,
