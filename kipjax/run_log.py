@@ -45,6 +45,13 @@ def atomic_save_npy(path: str, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def atomic_save_npz(path: str, **arrays: np.ndarray) -> None:
+    """`np.savez(path, **arrays)` through a temporary file and a rename (the temp name ends in .npz)."""
+    tmp = f"{path}.tmp.{os.getpid()}.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
 def atomic_write_directory(out_dir: str | Path, write: Callable[[Path], None], force: bool = False) -> Path:
     """Runs `write(folder)` on a temporary folder beside `out_dir`, then renames it into place, so readers never
     see a half-written directory. An existing `out_dir` is replaced only with `force` (else FileExistsError)."""

@@ -27,7 +27,7 @@ from kipjax.methods.base import Metrics, Params
 from kipjax.methods.imprag import data
 from kipjax.methods.imprag.model import generate
 from kipjax.methods.imprag.objectives import generation_loss
-from kipjax.methods.imprag.rag_base import LENGTH_MULTIPLE, LlamaRag, Ranking
+from kipjax.methods.imprag.rag_base import LENGTH_MULTIPLE, answer_measures, LlamaRag, Ranking
 from kipjax.models.llama import LlamaConfig, default_positions
 
 
@@ -134,4 +134,4 @@ class InContextRag(LlamaRag):
                        for p, r in zip(eval_set.prompts, rankings)]
             metrics.update(self._score(eval_set, self.answer(params, reading), self.answer(params, eval_set.prompts),
                                        top, sorted({1, self.top_k})))
-        return self._with_averages(metrics, self.top_k)
+        return self._with_averages(metrics, answer_measures(self.top_k))

@@ -19,7 +19,6 @@ query past the original k * l_max passage slots (`ImpragModel.read(..., passage_
 from __future__ import annotations
 
 import math
-import os
 from typing import Mapping
 
 import jax
@@ -28,6 +27,7 @@ import numpy as np
 from flax import struct
 
 from kipjax.models.llama import ExtraKV, full_pass_bias
+from kipjax.run_log import atomic_save_npz
 
 Array = jax.Array
 Codes = tuple[Array, Array, Array]  # key codes, value codes: (batch, M, kv_heads, subquantizers) uint8; mask
@@ -178,9 +178,7 @@ def save_quantizers(path: str, quantizers: Quantizers) -> None:
             arrays.update({f"{layer}/{kind}/rotation": np.asarray(q.rotation),
                            f"{layer}/{kind}/codebooks": np.asarray(q.codebooks),
                            f"{layer}/{kind}/dtype": np.asarray(q.dtype)})
-    tmp = f"{path}.tmp.{os.getpid()}.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    atomic_save_npz(path, **arrays)
 
 
 def load_quantizers(path: str) -> Quantizers:

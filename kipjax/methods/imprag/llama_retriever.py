@@ -223,11 +223,7 @@ class LlamaRetriever(CandidateRag):
                     prompts = [self.sequences[i].ids[:self.sequences[i].prompt_length] for i in indices]
                     top = self._retrieve(self._encode_queries, params, prompts, corpus, self.rankings_depth)
                     self._write_rankings(source, [self.training[i] for i in indices], top)
-        for k in ks:
-            values = [v for name, v in metrics.items() if name.endswith(f"/answer_recall@{k}")]
-            if values:
-                metrics[f"average/answer_recall@{k}"] = float(np.mean(values))
-        return metrics
+        return self._with_averages(metrics, [f"answer_recall@{k}" for k in ks])
 
     def _write_rankings(self, source: str, examples: Sequence[Any], top: np.ndarray) -> None:
         if self.rankings_out and jax.process_index() == 0 and len(examples):

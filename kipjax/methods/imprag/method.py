@@ -31,7 +31,7 @@ from kipjax.methods.base import Metrics, Params
 from kipjax.methods.imprag import data, kv_compression
 from kipjax.methods.imprag.model import ImpragModel, LayerGroups
 from kipjax.methods.imprag.objectives import generation_loss, in_batch_nce_loss, self_distillation_loss
-from kipjax.methods.imprag.rag_base import LENGTH_MULTIPLE, CandidateRag
+from kipjax.methods.imprag.rag_base import LENGTH_MULTIPLE, answer_measures, CandidateRag
 from kipjax.models.llama import ExtraKV, LlamaConfig
 from kipjax.retrieval import corpus_encoding
 
@@ -137,6 +137,7 @@ class Imprag(CandidateRag):
         self.kv_compression, self.kv_keep_fraction = passage_kv_compression, kv_keep_fraction
         self.pq_subquantizers, self.pq_bits, self.pq_training_passages = pq_subquantizers, pq_bits, pq_training_passages
         self._jit_states = jax.jit(self._reading_states)
+        self._jit_passage_states = jax.jit(self.model.passage_states)
 
     # ---------------------------------------------------------------------------------------------- data
 
@@ -219,10 +220,9 @@ class Imprag(CandidateRag):
         count = min(self.pq_training_passages, len(self.passage_table))
         rows = np.sort(np.random.default_rng(self.seed).choice(len(self.passage_table), count, replace=False))
         parts: list[dict[int, ExtraKV]] = []
-        encode = jax.jit(self.model.passage_states)
         for (batch,) in fixed_size_batches(self.eval_batch_size, rows, desc="passage states for PQ"):
             tokens = self.passage_table[batch][:, None].astype(np.int32)
-            states = encode(params, jnp.asarray(tokens), jnp.asarray((tokens != 0).astype(np.int32)))
+            states = self._jit_passage_states(params, jnp.asarray(tokens), jnp.asarray((tokens != 0).astype(np.int32)))
             parts.append(jax.tree.map(np.asarray, states))
         states = {layer: tuple(np.concatenate([p[layer][i] for p in parts])[:count] for i in range(3))
                   for layer in parts[0]}
@@ -257,4 +257,4 @@ class Imprag(CandidateRag):
             top = self.retrieve(params, eval_set.prompts, corpus)
             metrics.update(self._score(eval_set, self.answer(params, eval_set.prompts, top, quantizers),
                                        self.answer(params, eval_set.prompts, None), top, ks))
-        return self._with_averages(metrics, self.top_k)
+        return self._with_averages(metrics, answer_measures(self.top_k))

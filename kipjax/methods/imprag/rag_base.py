@@ -41,6 +41,11 @@ LENGTH_MULTIPLE = 16  # evaluation prompts are padded to a multiple of this, so 
 Ranking = list[int]  # passage rows, best first
 
 
+def answer_measures(top_k: int) -> tuple[str, ...]:
+    """What a reading method averages over its evaluation files."""
+    return ("exact_match", f"answer_recall@{top_k}", "no_retrieval_exact_match")
+
+
 class EvalSet(NamedTuple):
     """An evaluation file's examples and their prompt tokens (tokenized once, used at every evaluation)."""
 
@@ -209,10 +214,10 @@ class LlamaRag(Method):
         return top
 
     @staticmethod
-    def _with_averages(metrics: Metrics, top_k: int) -> Metrics:
-        """`metrics` plus the average over files of exact match, recall@top_k and no-retrieval exact match."""
+    def _with_averages(metrics: Metrics, measures: Sequence[str]) -> Metrics:
+        """`metrics` ("file/measure") plus, for each of `measures`, its average over the files that report it."""
         averaged = dict(metrics)
-        for measure in ("exact_match", f"answer_recall@{top_k}", "no_retrieval_exact_match"):
+        for measure in measures:
             values = [v for k, v in metrics.items() if k.endswith("/" + measure)]
             if values:
                 averaged[f"average/{measure}"] = float(np.mean(values))
