@@ -4,8 +4,8 @@ A corpus of tens of millions of passages is tokenized once into one array (uint1
 11.5 GB for the 36M passages of KILT's knowledge source, against 23 GB as int32 and far more as Python lists)
 and, with a cache directory, saved as a `.npy` that later runs memory-map instead of tokenizing again. The
 retrieval methods (TACO, ImpRAG) gather the rows a batch needs from it on the host. Texts are tokenized without
-the tokenizer's special tokens and end with its EOS, so no row is ever the pad id 0 and a row's mask is
-`ids != 0`.
+the tokenizer's special tokens and end with its EOS; `row_mask` finds a row's tokens by that EOS, not by
+`ids != 0`, since id 0 can be a real token (Llama 3's "!").
 """
 from __future__ import annotations
 
@@ -31,6 +31,15 @@ def encode_texts(tokenizer: Any, texts: Sequence[str], max_tokens: int, desc: st
         batch = tokenizer(list(texts[start:start + chunk]), add_special_tokens=False)["input_ids"]
         out += [ids[:max_tokens - 1] + [eos] for ids in batch]
     return out
+
+
+def row_mask(rows: np.ndarray, eos_id: int) -> np.ndarray:
+    """[..., L] int32 mask of table rows: 1 through each row's last EOS (the tokens `encode_texts` wrote), 0 on
+    the zero padding after it; an all-padding row (a missing candidate) is all 0."""
+    is_eos = np.asarray(rows) == eos_id
+    width = is_eos.shape[-1]
+    last = width - 1 - np.argmax(is_eos[..., ::-1], axis=-1)
+    return ((np.arange(width) <= last[..., None]) & is_eos.any(-1, keepdims=True)).astype(np.int32)
 
 
 def token_table(tokenizer: Any, texts: Sequence[str], max_tokens: int, desc: str | None = None,

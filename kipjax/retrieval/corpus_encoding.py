@@ -38,6 +38,9 @@ from kipjax.run_log import atomic_save_npy, atomic_write_text, track
 
 # encode_fn(params, ids [b, L], mask [b, L]) -> [b, H] embeddings (jitted here).
 EncodeFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
+# A corpus's attention mask: the whole [N, L] array, a function of a batch's ids (a memory-mapped table's
+# `token_tables.row_mask`, which no [N, L] array need hold), or None for `ids != 0`.
+MaskSource = np.ndarray | Callable[[np.ndarray], np.ndarray] | None
 MANIFEST = "manifest.json"
 _save_block = atomic_save_npy  # a module attribute, so the tests can kill a run at a chosen block
 
@@ -116,13 +119,13 @@ def _jitted(encode_fn: EncodeFn, sharding: NamedSharding) -> Callable[..., jax.A
     return jax.jit(encode_fn, out_shardings=sharding)
 
 
-def encode_corpus(encode_fn: EncodeFn, params: Any, ids: np.ndarray, mask: np.ndarray | None, *, mesh: Mesh,
+def encode_corpus(encode_fn: EncodeFn, params: Any, ids: np.ndarray, mask: MaskSource, *, mesh: Mesh,
                   batch_size: int,
                   out_dir: str | None = None, fingerprint: str = "", steps_per_block: int = 64,
                   desc: str = "encode corpus") -> tuple[np.ndarray, CorpusLayout]:
     """This host's rows of the encoded corpus ([layout.rows_per_host, H] float32, padding rows included) and the
     layout (module docstring). `ids` / `mask` are the whole corpus's [N, L] arrays (each host reads only its
-    rows, so a memory-mapped file serves; ids of any integer dtype; mask None: `ids != 0`); `batch_size` rows
+    rows, so a memory-mapped file serves; ids of any integer dtype; `mask` a `MaskSource`); `batch_size` rows
     per step over all hosts."""
     num_hosts = jax.process_count()
     data_parallel = partitioning.data_parallel_size(mesh)
@@ -153,7 +156,10 @@ def encode_corpus(encode_fn: EncodeFn, params: Any, ids: np.ndarray, mask: np.nd
         rows = np.arange(layout.host_start + step * local_batch, layout.host_start + (step + 1) * local_batch)
         rows = np.where(rows < layout.num_rows, rows, 0)  # padding rows re-encode row 0; they are never returned
         batch_ids = np.asarray(ids[rows], np.int32)
-        batch_mask = (batch_ids != 0).astype(np.int32) if mask is None else np.asarray(mask[rows], np.int32)
+        if mask is None:
+            batch_mask = (batch_ids != 0).astype(np.int32)
+        else:
+            batch_mask = np.asarray(mask(batch_ids) if callable(mask) else mask[rows], np.int32)
         inputs = [jax.make_array_from_process_local_data(batch_sharding, a, (batch_size, *a.shape[1:]))
                   for a in (batch_ids, batch_mask)]
         out = encode(params, *inputs)
@@ -169,7 +175,7 @@ def encode_corpus(encode_fn: EncodeFn, params: Any, ids: np.ndarray, mask: np.nd
     return np.concatenate(blocks)[:layout.rows_per_host], layout
 
 
-def encode_everywhere(encode_fn: EncodeFn, params: Any, ids: np.ndarray, mask: np.ndarray | None, *, mesh: Mesh,
+def encode_everywhere(encode_fn: EncodeFn, params: Any, ids: np.ndarray, mask: MaskSource, *, mesh: Mesh,
                       batch_size: int, desc: str) -> np.ndarray:
     """[N, H]: all rows encoded (shared out over hosts and devices as `encode_corpus`), whole on every host;
     for the queries, which every host searches with."""

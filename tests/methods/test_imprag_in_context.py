@@ -56,8 +56,8 @@ def method(rankings_dir):
 
 
 def test_context_tokens_drop_pads_and_eos_and_separate_passages():
-    table = np.array([[5, 6, 1, 0], [7, 1, 0, 0]])  # EOS = 1, pad = 0
-    assert data.context_tokens(table, [9]) == [5, 6, 9, 7, 9]
+    table = np.array([[5, 0, 6, 1, 0], [7, 1, 0, 0, 0]])  # EOS = 1, pad = 0 (and a real token 0, as Llama 3's "!")
+    assert data.context_tokens(table, 1, [9]) == [5, 0, 6, 9, 7, 9]
     sequence = data.TokenSequence([2, 30, 31, 40, 1], prompt_length=3)  # BOS, prompt 30 31, response 40, EOS
     assert data.insert_context(sequence, [5, 9], has_bos=True) == data.TokenSequence([2, 5, 9, 30, 31, 40, 1], 5)
     assert data.insert_context(sequence, [5, 9], has_bos=False) == data.TokenSequence([5, 9, 2, 30, 31, 40, 1], 5)
@@ -72,7 +72,8 @@ def test_training_rows_read_the_retrievers_top_k_before_the_prompt(method):
     with open(demo_kilt_path("qa-train-kilt.jsonl")) as f:
         line = [json.loads(x)["id"] for x in f].index(first.id)
     rows = [ids.index(p) for p in ranking_of(line, ids)[:2]]
-    passages = [[t for t in method.passage_table[r].tolist() if t != 0][:-1] for r in rows]  # no pads, no EOS
+    passages = [method.passage_table[r][:list(method.passage_table[r]).index(tokenizer.eos_token_id)].tolist()
+                for r in rows]  # no EOS, no pads
     prompt = tokenizer(first.prompt, add_special_tokens=False)["input_ids"]
     response = tokenizer(" " + first.response, add_special_tokens=False)["input_ids"]
     expected = passages[0] + separator + passages[1] + separator + prompt + response + [tokenizer.eos_token_id]

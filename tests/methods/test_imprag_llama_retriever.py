@@ -80,7 +80,8 @@ def test_reader_sequences_put_one_candidate_before_the_prompt(retriever):
     tokenizer = retriever.tokenizer
     row, slot = 1, 2
     candidate = int(batch["candidate_ids"][row, slot])
-    passage = [t for t in retriever.passage_table[candidate].tolist() if t != 0][:-1]
+    row_tokens = retriever.passage_table[candidate].tolist()
+    passage = row_tokens[:row_tokens.index(tokenizer.eos_token_id)]  # no EOS, no pads
     example = retriever.training[row]
     prompt = tokenizer(example.prompt, add_special_tokens=False)["input_ids"]
     response = tokenizer(" " + example.response, add_special_tokens=False)["input_ids"]

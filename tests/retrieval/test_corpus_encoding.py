@@ -55,6 +55,14 @@ def test_encoding_matches_the_encoder_row_by_row(corpus, mesh):
         ce.encode_corpus(linear_encoder, params, ids, mask, mesh=mesh, batch_size=12)
 
 
+def test_a_mask_function_of_the_batch_ids_serves_as_the_mask(corpus, mesh):
+    ids, _, params, _ = corpus
+    odd = lambda batch_ids: batch_ids % 2  # noqa: E731  (a mask no `ids != 0` gives)
+    local, _ = ce.encode_corpus(linear_encoder, params, ids, odd, mesh=mesh, batch_size=16)
+    expected = (ids * (ids % 2)).astype(np.float64) @ np.asarray(params["w"], np.float64)
+    np.testing.assert_allclose(local[:NUM_ROWS], expected, rtol=1e-5, atol=1e-4)
+
+
 def test_a_killed_encoding_resumes_from_its_finished_blocks(corpus, mesh, tmp_path, monkeypatch):
     ids, mask, params, expected = corpus
     steps = []

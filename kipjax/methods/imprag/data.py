@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from kipjax.data.jsonl import json_lines, required_field
+from kipjax.data.token_tables import row_mask
 from kipjax.methods.imprag.task_readers import READERS, read_prompts
 from kipjax.methods.imprag.templates import PromptExample
 
@@ -77,13 +78,12 @@ def prompt_tokens(tokenizer: Any, example: PromptExample, max_prompt_tokens: int
     return sequence.ids[:sequence.prompt_length]
 
 
-def context_tokens(passages: np.ndarray, separator: Sequence[int]) -> list[int]:
-    """The rows of a passage token table ([k, l_max], pad 0, each ending with EOS) as in-context text for the
-    retrieve-then-generate baselines: each passage's tokens without pads and EOS, then `separator`."""
+def context_tokens(passages: np.ndarray, eos_id: int, separator: Sequence[int]) -> list[int]:
+    """The rows of a passage token table ([k, l_max], each ending with EOS, then zero padding) as in-context text
+    for the retrieve-then-generate baselines: each passage's tokens without EOS and padding, then `separator`."""
     tokens: list[int] = []
-    for row in passages:
-        kept = row[row != 0].tolist()
-        tokens += kept[:-1] + list(separator)
+    for row, mask in zip(passages, row_mask(passages, eos_id)):
+        tokens += row[:mask.sum() - 1].tolist() + list(separator)
     return tokens
 
 

@@ -90,7 +90,8 @@ class InContextRag(LlamaRag):
         retrieve)."""
         if ranking is None:
             return []
-        return data.context_tokens(self.passage_table[np.asarray(ranking[:self.top_k], np.int64)], self.separator)
+        return data.context_tokens(self.passage_table[np.asarray(ranking[:self.top_k], np.int64)],
+                                   self.tokenizer.eos_token_id, self.separator)
 
     def _sequence(self, example: Any, ranking: Ranking | None) -> data.TokenSequence:
         sequence = data.tokenize_example(self.tokenizer, example, self.max_prompt_tokens, self.max_response_tokens)

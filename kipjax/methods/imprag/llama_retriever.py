@@ -128,7 +128,8 @@ class LlamaRetriever(CandidateRag):
         sequences = []
         for row, row_candidates in zip(rows, candidates):
             for candidate in row_candidates:
-                context = (data.context_tokens(self.passage_table[candidate:candidate + 1], self.separator)
+                context = (data.context_tokens(self.passage_table[candidate:candidate + 1],
+                                                  self.tokenizer.eos_token_id, self.separator)
                            if candidate != data.CANDIDATE_PAD else [])
                 sequences.append(data.insert_context(self.sequences[row], context, bos))
         arrays = data.training_arrays(sequences, self.reader_width)

@@ -222,7 +222,7 @@ class Imprag(CandidateRag):
         parts: list[dict[int, ExtraKV]] = []
         for (batch,) in fixed_size_batches(self.eval_batch_size, rows, desc="passage states for PQ"):
             tokens = self.passage_table[batch][:, None].astype(np.int32)
-            states = self._jit_passage_states(params, jnp.asarray(tokens), jnp.asarray((tokens != 0).astype(np.int32)))
+            states = self._jit_passage_states(params, jnp.asarray(tokens), jnp.asarray(self._passage_mask(tokens)))
             parts.append(jax.tree.map(np.asarray, states))
         states = {layer: tuple(np.concatenate([p[layer][i] for p in parts])[:count] for i in range(3))
                   for layer in parts[0]}
@@ -237,7 +237,7 @@ class Imprag(CandidateRag):
             states, slots = None, 0
             if passages is not None:
                 tokens = self.passage_table[batch[2]].astype(np.int32)
-                states = self._jit_states(params, jnp.asarray(tokens), jnp.asarray((tokens != 0).astype(np.int32)),
+                states = self._jit_states(params, jnp.asarray(tokens), jnp.asarray(self._passage_mask(tokens)),
                                           quantizers)
                 slots = tokens.shape[1] * tokens.shape[2]
             out = self._jit_generate(params, jnp.asarray(batch[0]), jnp.asarray(batch[1]), states,

@@ -20,7 +20,7 @@ import numpy as np
 
 from kipjax.data.kilt import read_passages
 from kipjax.data.padding import fixed_size_batches, pad_rows, round_up
-from kipjax.data.token_tables import cached_token_table
+from kipjax.data.token_tables import cached_token_table, row_mask
 from kipjax import partitioning
 from kipjax.methods.base import Method, Metrics, Params
 from kipjax.methods.encoder_setup import COMPUTE_DTYPES
@@ -132,6 +132,10 @@ class LlamaRag(Method):
             rankings.append(found[example.id] if example.retrieve else None)
         return rankings
 
+    def _passage_mask(self, rows: np.ndarray) -> np.ndarray:
+        """The attention mask of passage table rows (`row_mask`: id 0 can be a real token)."""
+        return row_mask(rows, self.tokenizer.eos_token_id)
+
     def _plain_text(self, task_rows: int, share: float) -> list[PromptExample]:
         """Corpus passages as text to continue, `share` of all training rows (drawn without replacement)."""
         if not 0 <= share < 1:
@@ -196,7 +200,7 @@ class LlamaRag(Method):
     def _encode_corpus(self, encode: EncodeFn, params: Params) -> tuple[np.ndarray, corpus_encoding.CorpusLayout]:
         """This host's rows of the corpus embedded by `encode` (sharded over devices and hosts)."""
         return corpus_encoding.encode_corpus(encode, params, self.passage_table,
-                                             (self.passage_table != 0).astype(np.int32),
+                                             self._passage_mask,
                                              mesh=partitioning.current_mesh(), batch_size=self.encode_batch_size,
                                              desc="encode corpus")
 
@@ -264,5 +268,5 @@ class CandidateRag(LlamaRag):
         passages = np.where(valid[..., None], self.passage_table[np.maximum(candidates, 0)], 0).astype(np.int32)
         return {"candidate_ids": candidates.astype(np.int32), "candidate_valid": valid,
                 "positive": self.positive[rows], "passage_ids": passages,
-                "passage_mask": (passages != 0).astype(np.int32),
+                "passage_mask": self._passage_mask(passages),
                 "distill": np.full(len(rows), self.distill, np.int32)}
