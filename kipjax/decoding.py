@@ -119,10 +119,12 @@ def beam_search(step_fn: StepFn, cache: Any, *, batch_size: int, beam_size: int,
         alive_top_scores, alive_pick = jax.lax.top_k(jnp.where(is_eos | ~valid, NEG_INF, top_scores), k)
         seqs = candidates[batch_rows, alive_pick]
         alive_scores = alive_top_scores
-        rows = (jnp.arange(b)[:, None] * k + origin[batch_rows, alive_pick]).reshape(n)
-        cache = gather_rows(cache, rows, beam_invariant_cache)
+        if k > 1:  # one beam only ever continues itself: no reordering (a whole-cache copy a step)
+            rows = (jnp.arange(b)[:, None] * k + origin[batch_rows, alive_pick]).reshape(n)
+            cache = gather_rows(cache, rows, beam_invariant_cache)
+            cstate = gather_rows(cstate, rows)
         if constraint is not None:
-            cstate = constraint.update(gather_rows(cstate, rows), seqs[:, :, i + 1].reshape(n))
+            cstate = constraint.update(cstate, seqs[:, :, i + 1].reshape(n))
 
         # Done when every batch item has k finished hypotheses and no alive beam can still beat the worst.
         best_possible = _length_penalised(alive_scores[:, 0], max_length if length_penalty > 0 else length,

@@ -9,7 +9,7 @@ import pytest
 
 from kipjax import decoding
 from kipjax.methods.coref.constraints import FullLinearizationConstraint
-from kipjax.methods.coref.linearize import (Symbols, copy_actions, drop_crossing_mentions, linearize, new_actions,
+from kipjax.methods.coref.linearize import (Symbols, drop_crossing_mentions, linearize,
                                             parse_full)
 
 V, DIGITS, ENDS, MAX_CLUSTERS = 64, 10, 20, 8

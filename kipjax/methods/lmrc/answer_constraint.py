@@ -213,7 +213,6 @@ class AnswerConstraint:
         def stack(first: Array, branches: Array, end: Array) -> Array:
             return jnp.concatenate([first[..., None], branches, end[..., None]], axis=2)
 
-        width = branch_token.shape[2]
         need = stack(forced_need, branch_need, tail_length - 1 + after)
         ok = stack(forced_ok, branch_ok, end_ok)
         ok = ok & (state.alive & listed)[..., None] & (need <= state.steps_left[:, None, None] - 1)
