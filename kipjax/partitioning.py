@@ -104,7 +104,9 @@ def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: LogicalRules, sha
     """Maps a pytree of logical PartitionSpecs (axis names) to NamedShardings on `mesh`.
 
     With `shapes` (a matching pytree of arrays or ShapeDtypeStructs), a dimension whose size is not divisible
-    by its mesh axes is replicated instead: a tiny config (2 heads) then still runs on a wide `tensor` axis.
+    by its mesh axes is replicated instead: a tiny config (2 heads) then still runs on a wide `tensor` axis; and
+    the shardings take the structure of `shapes` (see `_divisible_sharding`), so that they zip with the state
+    they place, e.g. into an orbax restore target (`checkpoints.abstract_with_shardings`).
     """
     shardings = nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
     if shapes is None:
@@ -112,9 +114,12 @@ def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: LogicalRules, sha
     return jax.tree.map(_divisible_sharding, shardings, shapes)
 
 
-def _divisible_sharding(sharding: NamedSharding, shape: Any) -> NamedSharding:
-    if not hasattr(shape, "shape"):  # an empty subtree: a frozen boxed param's optimizer state (optax.MaskedNode)
-        return sharding
+def _divisible_sharding(sharding: NamedSharding, shape: Any) -> Any:
+    """`sharding` with each dimension `shape` cannot split replicated. An empty subtree (a frozen boxed param's
+    optimizer state: a box around optax's MaskedNode, whose spec is the box's) is returned as it is: the state
+    holds no array there, so neither may its shardings."""
+    if not hasattr(shape, "shape"):
+        return shape
     spec = []
     for dim, axes in zip(shape.shape, tuple(sharding.spec) + (None,) * (len(shape.shape) - len(sharding.spec))):
         names = (axes,) if isinstance(axes, str) else tuple(axes or ())

@@ -107,6 +107,21 @@ def test_epochs_draw_candidates_from_the_ranking_and_switch_objectives(method):
     np.testing.assert_array_equal(method.candidates[:PER_DATASET, :2], first_draw[:PER_DATASET, :2])
 
 
+def test_candidates_restored_from_a_checkpoint_are_redrawn_at_the_next_epoch(labels_dir, method):
+    """A resumed run gets its method state back as jax arrays (replicated, as checkpoints hold it; numpy reads
+    them read-only), and its next epoch redraws the candidates in place as an uninterrupted run does."""
+    method.on_epoch_start(None, 0, jax.random.PRNGKey(0))
+    resumed = make_method(labels_dir)
+    resumed.load_state_dict(partitioning.put_replicated(method.state_dict(), partitioning.make_mesh()))
+    for _ in range(2):
+        for name, value in method.state_dict().items():
+            np.testing.assert_array_equal(resumed.state_dict()[name], value)
+            assert resumed.state_dict()[name].dtype == value.dtype
+        for run in (method, resumed):
+            run.on_epoch_start(None, 1, jax.random.PRNGKey(0))
+    assert resumed.distill
+
+
 def test_batches_carry_the_candidates_passage_tokens(method):
     method.on_epoch_start(None, 0, jax.random.PRNGKey(0))
     arrays = method.train_examples()

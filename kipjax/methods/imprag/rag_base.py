@@ -257,7 +257,10 @@ class CandidateRag(LlamaRag):
         return {"candidates": self.candidates, "positive": self.positive, "distill": np.asarray(self.distill)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.candidates, self.positive = np.asarray(state["candidates"]), np.asarray(state["positive"], bool)
+        """Copies of the checkpoint's arrays (restored as jax arrays, whose numpy views are read-only) in the
+        dtypes `_init_candidates` made: the next `on_epoch_start` redraws them in place."""
+        self.candidates = np.array(state["candidates"], self.candidates.dtype)
+        self.positive = np.array(state["positive"], bool)
         self.distill = bool(state["distill"])
 
     def _candidate_features(self, rows: np.ndarray) -> dict[str, np.ndarray]:
