@@ -254,11 +254,11 @@ def test_imprag_demo_end_to_end(tmp_path):
     writes score the same through the QA metrics' CLI."""
     labels, model_dir, predictions = tmp_path / "labels", tmp_path / "model", tmp_path / "predictions"
     _run("kipjax.methods.imprag.pseudo_labels", "--teacher", "bm25", "--passages",
-         "kipjax/data/demo_kilt/passages.tsv", "--task", "kilt:kipjax/data/demo_kilt/qa-train-kilt.jsonl",
+         "kipjax/data/demo_imprag/psgs_w32.tsv", "--task", "kilt:kipjax/data/demo_kilt/qa-train-kilt.jsonl",
          "--task", "kilt:kipjax/data/demo_kilt/sf-train-kilt.jsonl", "--out", str(labels))
     _run("kipjax.train", "--gin_file=gin_configs/imprag/demo.gin", f"--gin.MODEL_DIR='{model_dir}'",
          f"--gin.Imprag.pseudo_labels_dir='{labels}'", f"--gin.Imprag.predictions_dir='{predictions}'",
-         "--gin.TRAIN_STEPS=600", "--gin.Trainer.eval_every=600")
+         "--gin.TRAIN_STEPS=600", "--gin.Imprag.eval_limit=60")
     history = [json.loads(line) for line in open(model_dir / "metrics.jsonl")]
     before, after = history[0], history[-1]
     assert after["step"] == 600

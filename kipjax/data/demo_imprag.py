@@ -5,6 +5,13 @@
                                  this statement true?", the [START] / [END] markers, ...), so a tiny Llama trained
                                  from scratch reads every prompt without unknown words. `<pad>`=0, `</s>`=1 (EOS),
                                  `<unk>`=2, no BOS.
+  psgs_w32.tsv                   the passage corpus ImpRAG's demo retrieves from: the demo KILT knowledge source
+  psgs_w32.wikipedia_ids.tsv     cut into 32-word passages (`python -m kipjax.data.kilt passages --words 32
+                                 --first_id 1`; DPR's layout) and their pages. The chapter's passages are
+                                 DPR's 100 words; a tiny model on 2 CPU cores learns to read a 32-word passage
+                                 (about 45 tokens with its title) in minutes, where 100-word ones (128 tokens,
+                                 kipjax/data/demo_kilt/passages.tsv) cost 6x the time a step and, in 2,000
+                                 steps, taught it to retrieve but not to read.
   reading_comprehension.json     an instruction-tuning task without retrieval, in SQuAD v2's layout: each qa
                                  training question with a context from its gold paragraph, the sentence that
                                  holds the answer and the next one (questions whose answer the paragraph does not
@@ -26,11 +33,13 @@ import gin
 from kipjax.data.bundled import bundled_file, regenerate_main
 from kipjax.data.demo_coref import save_word_tokenizer
 from kipjax.data.demo_kilt import DEMO_KILT_DIR, demo_kilt_path
-from kipjax.data.kilt import read_kilt_task, read_knowledge_source
+from kipjax.data.kilt import passage_file_names, read_kilt_task, read_knowledge_source, write_passages
 from kipjax.methods.imprag import templates
 
 DEMO_IMPRAG_DIR = Path(__file__).resolve().parent / "demo_imprag"
 READING_COMPREHENSION = "reading_comprehension.json"
+PASSAGE_WORDS = 32
+PASSAGES, PASSAGE_PAGES = passage_file_names(PASSAGE_WORDS)
 WINDOW_SENTENCES = 2  # a context's sentences: short prompts keep the demo's training sequences short
 TEMPLATE_TEXTS = (*templates.TEMPLATES.values(), *templates.MENTION_MARKERS, *templates.FEVER_ANSWERS.values(),
                   "next sentence", "previous sentence")
@@ -80,8 +89,9 @@ def reading_comprehension() -> dict:
 
 
 def write_corpus(out_dir: Path) -> None:
-    """`tokenizer/` and the reading comprehension task in `out_dir`."""
+    """`tokenizer/`, the passages and the reading comprehension task in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    write_passages(demo_kilt_path("kilt_knowledgesource.json"), out_dir, PASSAGE_WORDS, first_id=1, force=True)
     (out_dir / READING_COMPREHENSION).write_text(json.dumps(reading_comprehension(), ensure_ascii=False) + "\n",
                                                  encoding="utf-8")
     save_word_tokenizer(list(dict.fromkeys([*demo_kilt_words(), *template_words()])), out_dir / "tokenizer")
@@ -89,8 +99,8 @@ def write_corpus(out_dir: Path) -> None:
 
 @gin.configurable
 def demo_imprag_path(name: str = gin.REQUIRED) -> str:
-    """A file or folder of the bundled ImpRAG demo files ('tokenizer', 'reading_comprehension.json'), for gin
-    configs."""
+    """A file or folder of the bundled ImpRAG demo files ('tokenizer', 'psgs_w32.tsv',
+    'reading_comprehension.json'), for gin configs."""
     return bundled_file(DEMO_IMPRAG_DIR, name)
 
 

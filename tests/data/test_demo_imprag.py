@@ -24,12 +24,24 @@ def test_every_prompt_passage_and_answer_word_is_known():
     examples = read_sources([demo_imprag.demo_kilt_source(f"{task}-{split}-kilt.jsonl")
                              for task in ("qa", "fc", "sf", "el") for split in ("train", "dev")]
                             + [demo_imprag.demo_reading_comprehension_source()], None)
-    corpus = read_passages(demo_kilt_path("passages.tsv"))
+    corpus = read_passages(demo_imprag.demo_imprag_path(demo_imprag.PASSAGES))
     texts = [e.prompt + " " + e.response for e in examples]
     texts += [passage_text(t, x) for t, x in zip(corpus.titles, corpus.texts)]
     missing = {w for text in texts for w in text.split() if tokenizer.convert_tokens_to_ids(w) == unknown}
     assert not missing, sorted(missing)[:20]
     assert tokenizer.eos_token_id == 1 and tokenizer.bos_token_id is None
+
+
+def test_the_passages_are_each_pages_body_in_runs_of_32_words():
+    corpus = read_passages(demo_imprag.demo_imprag_path(demo_imprag.PASSAGES))
+    pages = list(read_knowledge_source(demo_kilt_path("kilt_knowledgesource.json")))
+    assert corpus.ids[0] == 1 and all(len(text.split()) <= 32 for text in corpus.texts)
+    by_title: dict[str, list[str]] = {}
+    for title, text in zip(corpus.titles, corpus.texts):
+        by_title.setdefault(title, []).append(text)
+    assert len(by_title) == len(pages)
+    for page in pages:  # the page's body again, from its passages in order
+        assert " ".join(by_title[page.title]).split() == " ".join(p.strip() for p in page.paragraphs[1:]).split()
 
 
 def test_reading_comprehension_asks_the_qa_questions_over_their_gold_paragraphs():
