@@ -7,6 +7,7 @@ import pytest
 
 from test_benchmarks import load
 
+pytestmark = pytest.mark.slow  # the whole benchmark at toy sizes, about 25 s of compilation; its CLI about 40 s
 bench = load("imprag_generation_benchmark")
 BATCH, LAYERS, HIDDEN, HEADS, KV_HEADS, K, L_MAX, PROMPT, NEW = 2, 4, 32, 4, 2, 2, 8, 6, 4
 HEAD_DIM, FLOAT32 = HIDDEN // HEADS, 4
@@ -76,7 +77,6 @@ def test_times_shares_and_xla_memory_are_reported(result):
     assert result["ra_it_prompt_tokens"] == K * L_MAX + PROMPT and result["middle_layers"] == T - B + 1
 
 
-@pytest.mark.slow  # the CLI end to end: a fresh setup and a dozen compilations, about 40 s on 2 busy cores
 def test_cli_writes_the_results(tmp_path, capsys):
     out = tmp_path / "r.json"
     bench.main([*TINY, f"--out={out}"])

@@ -88,6 +88,7 @@ def test_training_rows_read_the_retrievers_top_k_before_the_prompt(method):
     assert arrays["input_ids"][-1, :len(plain_ids)].tolist() == plain_ids
 
 
+@pytest.mark.slow  # about 20 s of compilation; the fast suite keeps the prompt-layout tests
 def test_the_loss_is_the_mean_response_token_cross_entropy(method):
     arrays = method.train_examples()
     batch = {k: jnp.asarray(v[:4]) for k, v in arrays.items()}
@@ -117,6 +118,7 @@ def test_evaluation_reads_the_rankings_top_k_and_reports_no_retrieval(method, tm
                                              for i in range(3)]
 
 
+@pytest.mark.slow  # about 14 s of compilation
 def test_answers_equal_greedy_full_passes(method):
     """Cached decoding of a prompt with its passages equals argmax over repeated full forward passes."""
     arrays = method.train_examples()

@@ -206,6 +206,7 @@ def random_passages(rng, rows, k=2, l_max=6):
     return jnp.asarray(ids * mask), jnp.asarray(mask)
 
 
+@pytest.mark.slow  # about 13 s; the quantizers' own tests stay fast
 def test_reading_compressed_passages(tiny_imprag):
     model, params = tiny_imprag
     rng = np.random.default_rng(7)

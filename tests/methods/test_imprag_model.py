@@ -171,6 +171,7 @@ def test_passage_encodings(checkpoint):
     assert np.abs(np.asarray(concatenated[:, second]) - np.asarray(segmented[:, second])).max() > 1e-3
 
 
+@pytest.mark.slow  # about 26 s: decoding step by step against a full pass per token
 def test_cached_generation_with_passages_equals_repeated_full_passes(checkpoint):
     _, llama, params = checkpoint
     model = ImpragModel(llama, LayerGroups(bottom_end=1, middle_end=2))
