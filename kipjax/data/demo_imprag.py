@@ -39,7 +39,7 @@ from kipjax.methods.imprag import templates
 DEMO_IMPRAG_DIR = Path(__file__).resolve().parent / "demo_imprag"
 READING_COMPREHENSION = "reading_comprehension.json"
 PASSAGE_WORDS = 32
-PASSAGES, PASSAGE_PAGES = passage_file_names(PASSAGE_WORDS)
+PASSAGES = passage_file_names(PASSAGE_WORDS)[0]  # psgs_w32.tsv
 WINDOW_SENTENCES = 2  # a context's sentences: short prompts keep the demo's training sequences short
 TEMPLATE_TEXTS = (*templates.TEMPLATES.values(), *templates.MENTION_MARKERS, *templates.FEVER_ANSWERS.values(),
                   "next sentence", "previous sentence")

@@ -119,6 +119,11 @@ def _jitted(encode_fn: EncodeFn, sharding: NamedSharding) -> Callable[..., jax.A
     return jax.jit(encode_fn, out_shardings=sharding)
 
 
+def _nonzero(batch_ids: np.ndarray) -> np.ndarray:
+    """The default mask: every id but the pad id 0 (T5's and BERT's pads, never a real token there)."""
+    return batch_ids != 0
+
+
 def encode_corpus(encode_fn: EncodeFn, params: Any, ids: np.ndarray, mask: MaskSource, *, mesh: Mesh,
                   batch_size: int,
                   out_dir: str | None = None, fingerprint: str = "", steps_per_block: int = 64,
@@ -146,6 +151,7 @@ def encode_corpus(encode_fn: EncodeFn, params: Any, ids: np.ndarray, mask: MaskS
                     "rows_per_host": layout.rows_per_host, "batch_size": batch_size, "steps_per_block": block_steps,
                     "fingerprint": fingerprint}
         done = _agreed_minimum(_finished_blocks(host_dir, manifest))
+    mask = _nonzero if mask is None else mask
     batch_sharding = partitioning.batch_sharding(mesh)
     encode = _jitted(encode_fn, batch_sharding)
     blocks: list[np.ndarray] = [np.load(_block_path(host_dir, b)) for b in range(done)]
@@ -156,10 +162,7 @@ def encode_corpus(encode_fn: EncodeFn, params: Any, ids: np.ndarray, mask: MaskS
         rows = np.arange(layout.host_start + step * local_batch, layout.host_start + (step + 1) * local_batch)
         rows = np.where(rows < layout.num_rows, rows, 0)  # padding rows re-encode row 0; they are never returned
         batch_ids = np.asarray(ids[rows], np.int32)
-        if mask is None:
-            batch_mask = (batch_ids != 0).astype(np.int32)
-        else:
-            batch_mask = np.asarray(mask(batch_ids) if callable(mask) else mask[rows], np.int32)
+        batch_mask = np.asarray(mask(batch_ids) if callable(mask) else mask[rows], np.int32)
         inputs = [jax.make_array_from_process_local_data(batch_sharding, a, (batch_size, *a.shape[1:]))
                   for a in (batch_ids, batch_mask)]
         out = encode(params, *inputs)
