@@ -13,9 +13,9 @@ Prompts differ in length and are left-padded, as `RelationClassification` batche
 prompt here, where it rounds the width up to a multiple of 32 to share compilations: both frameworks see the
 same width).
 
-- kipjax: exactly `RelationClassification._decode`: `prepare_cache`, `decode_step` over the left-padded prompt
-  without its cue, then `beam_search` from the cue under `AnswerConstraint`, all in one `jax.jit` function; the
-  budget is `RelationClassification.decode_budget`.
+- kipjax: exactly `RelationClassification._decode`: `prefill_shared_prompt` over the left-padded prompt
+  without its cue (prefilled once, its keys/values shared by the beams), then `beam_search` from the cue under
+  `AnswerConstraint`, all in one `jax.jit` function; the budget is `RelationClassification.decode_budget`.
 - transformers: `generate(num_beams, max_new_tokens=budget, length_penalty, early_stopping, renormalize_logits=
   True)` with `AnswerLogitsProcessor`, a `LogitsProcessor` that implements the same rules the way such
   processors are usually written: at every call it re-derives each row's state by parsing its generated
@@ -71,7 +71,7 @@ from kipjax.methods.lmrc.prompts import Pair, parse_answer
 from kipjax.methods.lmrc.rc import RelationClassification
 from kipjax.methods.lmrc.rc_features import all_pairs, encode_prompt
 from kipjax.models import hf
-from kipjax.models.llama import Llama, LlamaConfig
+from kipjax.models.llama import Llama, LlamaConfig, is_shared_prompt, prefill_shared_prompt
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from coref_decoding_benchmark import (  # noqa: E402
@@ -277,16 +277,6 @@ def save_random_llama(args: argparse.Namespace, path: str) -> None:
     hf.save_pretrained(model, params["params"], path)
 
 
-def prefill(model: Llama, params: Any, prompts: jax.Array, mask: jax.Array, beams: int, max_new: int) -> Any:
-    """The cache after the prompts (without their cue), each prefilled once, then repeated over batch x beams
-    rows: `RelationClassification._decode`."""
-    _, state = model.apply({"params": params}, prompts.shape[0], prompts.shape[1] + max_new,
-                           method=Llama.prepare_cache, mutable=["cache"])
-    _, state = model.apply({"params": params, "cache": state["cache"]}, prompts, mask, method=Llama.decode_step,
-                           mutable=["cache"])  # its logits are unused (and compiled away)
-    return decoding.repeat_for_beams(state["cache"], beams)
-
-
 def decoder_step(model: Llama, params: Any, cache: Any, tokens: jax.Array) -> tuple[jax.Array, Any]:
     """One cached step: tokens [N] -> (logits [N, V], the cache extended by one position)."""
     out, state = model.apply({"params": params, "cache": cache}, tokens[:, None], method=Llama.decode_step,
@@ -322,12 +312,13 @@ def kipjax_search(model: Llama, constraint: Any, args: argparse.Namespace, budge
 
     def search(params: Any, prompts: jax.Array, mask: jax.Array, affixes: Mapping[str, jax.Array]
                ) -> decoding.BeamSearchOutput:
-        cache = prefill(model, params, prompts, mask, args.beams, budget)
+        cache = prefill_shared_prompt(model, params, prompts, mask, args.beams, budget)  # as _decode does
         state = decoding.repeat_for_beams(constraint.init_state(**affixes, max_length=budget), args.beams)
         return decoding.beam_search(functools.partial(decoder_step, model, params), cache,
                                     batch_size=prompts.shape[0], beam_size=args.beams, max_length=budget,
                                     start_token=cue, eos_token=eos, length_penalty=args.length_penalty,
-                                    constraint=constraint, constraint_state=state)
+                                    constraint=constraint, constraint_state=state,
+                                    beam_invariant_cache=is_shared_prompt)
 
     return jax.jit(search)
 
@@ -359,7 +350,7 @@ def kipjax_parts(args: argparse.Namespace, model: Llama, params: Any, problem: P
     """Seconds of the prefill alone (jitted) and per decoder step alone: a jitted `decode_step` with its cache
     donated, called step by step along the gold answers for the whole budget, waiting for each step's logits."""
     prompts, mask = jnp.asarray(problem.prompts[:, :-1]), jnp.asarray(problem.mask[:, :-1])
-    fill = jax.jit(lambda params: prefill(model, params, prompts, mask, args.beams, problem.budget))
+    fill = jax.jit(lambda params: prefill_shared_prompt(model, params, prompts, mask, args.beams, problem.budget))
     step = jax.jit(functools.partial(decoder_step, model), donate_argnums=1)
     tokens = jnp.asarray(gold_walk(problem, args.beams, eos))
 

@@ -104,6 +104,48 @@ def grouped_query_attention(q: Array, k: Array, v: Array, bias: Array | None, sc
     return constrain(out.reshape(batch, q_len, num_heads, head_dim), BATCH_LENGTH_HEADS_KV)
 
 
+def shared_prompt_attention(q: Array, prompt_k: Array, prompt_v: Array, k: Array, v: Array, bias: Array,
+                            scale: float, dtype: DType = jnp.float32) -> Array:
+    """`grouped_query_attention` over a prompt's keys/values shared by consecutive query rows, then each row's own.
+
+    Beam search runs batch x beams rows whose beams share one prompt. Keeping the prompt's heads-major
+    (batch, kv_heads, prompt_length, head_dim) keys/values once per batch item instead of once per row reads them
+    once per step for all beams, as one dot with the beams on its row axis, and beam search never reorders them.
+    `q` is (batch x beams, q_length, heads, head_dim), rows b*beams ... b*beams+beams-1 being item b's; `k` / `v`
+    are the rows' own heads-major keys/values; `bias` broadcasts to (rows, heads, q_length, prompt_length +
+    own length), the prompt's keys first. One softmax spans both, so this equals attention over the prompt's
+    keys/values repeated for every row and joined to the row's own. Returns (rows, q_length, heads, head_dim).
+    """
+    rows, q_len, num_heads, head_dim = q.shape
+    batch, kv_heads, prompt_len, _ = prompt_k.shape
+    beams, groups = rows // batch, num_heads // kv_heads
+    if rows % batch or num_heads % kv_heads:
+        raise ValueError(f"{rows} query rows over {batch} prompts, or {num_heads} query heads over {kv_heads} "
+                         "key/value heads, do not divide")
+    per_head = groups * q_len  # a row's queries of one kv head, ordered (group, position) as in the heads
+    q = jnp.transpose(q.reshape(rows, q_len, kv_heads, groups, head_dim), (0, 2, 3, 1, 4))
+    q = q.reshape(rows, kv_heads, per_head, head_dim)
+
+    def to_items(x: Array) -> Array:  # (rows, kv_heads, per_head, n) -> (batch, kv_heads, beams x per_head, n)
+        x = jnp.swapaxes(x.reshape(batch, beams, kv_heads, per_head, x.shape[-1]), 1, 2)
+        return x.reshape(batch, kv_heads, beams * per_head, x.shape[-1])
+
+    def to_rows(x: Array) -> Array:  # the inverse of `to_items`
+        x = jnp.swapaxes(x.reshape(batch, kv_heads, beams, per_head, x.shape[-1]), 1, 2)
+        return x.reshape(rows, kv_heads, per_head, x.shape[-1])
+
+    shared = jnp.einsum("bhmd,bhkd->bhmk", to_items(q), prompt_k, preferred_element_type=jnp.float32)
+    own = jnp.einsum("bhmd,bhkd->bhmk", q, k, preferred_element_type=jnp.float32)
+    logits = jnp.concatenate([to_rows(shared), own], axis=-1)
+    kv_len = logits.shape[-1]
+    logits = logits.reshape(rows, num_heads, q_len, kv_len) * scale + bias.astype(jnp.float32)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dtype).reshape(rows, kv_heads, per_head, kv_len)
+    out = to_rows(jnp.einsum("bhmk,bhkd->bhmd", to_items(probs[..., :prompt_len]), prompt_v.astype(dtype)))
+    out = out + jnp.einsum("bhmk,bhkd->bhmd", probs[..., prompt_len:], v.astype(dtype))
+    out = jnp.transpose(out.reshape(rows, kv_heads, groups, q_len, head_dim), (0, 3, 1, 2, 4))
+    return constrain(out.reshape(rows, q_len, num_heads, head_dim), BATCH_LENGTH_HEADS_KV)
+
+
 def rope_inverse_frequencies(head_dim: int, theta: float, scaling: Mapping[str, Any] | None = None) -> np.ndarray:
     """The (head_dim // 2,) float32 inverse frequencies of rotary position embeddings, computed as `transformers`
     does: theta^(-2i / head_dim), and for `scaling['rope_type'] == 'llama3'` (Llama 3.1 and later) wavelengths above

@@ -24,6 +24,9 @@ encoded elsewhere):
 Incremental decoding keeps per-layer key/value caches plus the slot bookkeeping (`DecodeSlots`) in the `cache`
 collection: `prepare_cache(batch, max_length)` sizes them, `decode_step(ids, mask)` runs the next n positions
 (a left-padded prompt first, then one token at a time). Cached decoding gives the full pass' logits (tested).
+For beam search, `prefill_shared_prompt` prefills each prompt once and keeps its keys/values once per prompt
+(`share_prompt_cache`): the beams' queries read them together (`layers.shared_prompt_attention`) and beam search
+leaves them in place (`is_shared_prompt`), instead of reading and reordering a copy per beam at every step.
 
 Parameter-efficient fine-tuning: with `lora_rank > 0` each projection named in `lora_targets` gets a low-rank
 adapter (`layers.LoRADense`) in a `lora` sub-dict; `lora_trainable_mask` selects those params for the optimizer,
@@ -191,6 +194,20 @@ def _projection(cfg: LlamaConfig, target: str, features: int | tuple[int, int], 
         lora_rank=cfg.lora_rank if target in cfg.lora_targets else 0, lora_alpha=cfg.lora_alpha, name=name)
 
 
+def _prepend_extra(k: Array, v: Array, bias: Array, extra: ExtraKV, heads_major_kv: bool
+                   ) -> tuple[Array, Array, Array]:
+    """Keys, values and bias with the external keys/values of `extra_kv` before the own ones, all visible."""
+    extra_k, extra_v, extra_mask = extra
+    extra_bias = jnp.broadcast_to(layers.attention_bias_from_mask(extra_mask),
+                                  (bias.shape[0], 1, bias.shape[2], extra_k.shape[1]))
+    if heads_major_kv:
+        extra_k, extra_v = (layers.heads_major(t) for t in (extra_k, extra_v))
+    length_axis = 2 if heads_major_kv else 1
+    k = jnp.concatenate([extra_k.astype(k.dtype), k], axis=length_axis)
+    v = jnp.concatenate([extra_v.astype(v.dtype), v], axis=length_axis)
+    return k, v, jnp.concatenate([extra_bias, bias.astype(extra_bias.dtype)], axis=-1)
+
+
 class LlamaAttention(nn.Module):
     """Grouped-query self-attention with RoPE, an optional key/value cache and optional external keys/values."""
 
@@ -221,21 +238,21 @@ class LlamaAttention(nn.Module):
         q, k, v = (layers.constrain(t, layers.BATCH_LENGTH_HEADS_KV) for t in (q, k, v))
         states = (q, k, v) if rotated_states else unrotated
         cached = cache == "step"
+        prompt = None
         if cached:
             k, v = self._write_cache(*(layers.heads_major(t) for t in (k, v)), cache_index)
-        if extra is not None:
-            extra_k, extra_v, extra_mask = extra
-            extra_bias = jnp.broadcast_to(layers.attention_bias_from_mask(extra_mask),
-                                          (bias.shape[0], 1, bias.shape[2], extra_k.shape[1]))
-            if cached:
-                extra_k, extra_v = (layers.heads_major(t) for t in (extra_k, extra_v))
-            length_axis = 2 if cached else 1
-            k = jnp.concatenate([extra_k.astype(k.dtype), k], axis=length_axis)
-            v = jnp.concatenate([extra_v.astype(v.dtype), v], axis=length_axis)
-            bias = jnp.concatenate([extra_bias, bias.astype(extra_bias.dtype)], axis=-1)
-        out = layers.grouped_query_attention(
-            q, k, v, bias, head_dim ** -0.5, cfg.dtype,
-            lambda p: Dropout(cfg.attention_dropout)(p, deterministic=deterministic), heads_major_kv=cached)
+            if self.has_variable("cache", "prompt_key"):
+                prompt = (self.get_variable("cache", "prompt_key"), self.get_variable("cache", "prompt_value"))
+        if prompt is not None:
+            if extra is not None:
+                raise ValueError("extra_kv cannot be combined with a shared prompt cache (share_prompt_cache)")
+            out = layers.shared_prompt_attention(q, *prompt, k, v, bias, head_dim ** -0.5, cfg.dtype)
+        else:
+            if extra is not None:
+                k, v, bias = _prepend_extra(k, v, bias, extra, heads_major_kv=cached)
+            out = layers.grouped_query_attention(
+                q, k, v, bias, head_dim ** -0.5, cfg.dtype,
+                lambda p: Dropout(cfg.attention_dropout)(p, deterministic=deterministic), heads_major_kv=cached)
         out = _projection(cfg, "o", x.shape[-1], ("heads", "kv", "embed"), "out", bias_on, contract_dims=2)(out)
         return out, states
 
@@ -291,7 +308,8 @@ class DecodeSlots(nn.Module):
     def __call__(self, attention_mask: Array, positions: Array | None, cache: str,
                  max_length: int | None) -> tuple[Array | None, Array | None, Array | None]:
         """'prepare': creates the state for `attention_mask.shape[0]` rows and `max_length` slots.
-        'step': returns (positions, bias (batch, 1, n, max_length), first slot) of the n new tokens and advances."""
+        'step': returns (positions, bias (batch, 1, n, max_length), first slot) of the n new tokens and advances;
+        with a shared prompt (`share_prompt_cache`) the bias covers the prompt's slots first."""
         batch, n = attention_mask.shape
         if cache == "prepare":
             self.variable("cache", "index", lambda: jnp.array(0, jnp.int32))
@@ -312,6 +330,11 @@ class DecodeSlots(nn.Module):
         query_slots = start + jnp.arange(n)
         visible = jnp.arange(key_mask.value.shape[1])[None, :] <= query_slots[:, None]
         visible = visible[None] & (key_mask.value[:, None, :] > 0)
+        if self.has_variable("cache", "prompt_mask"):  # every prompt slot precedes every own slot
+            prompt_mask = self.get_variable("cache", "prompt_mask") > 0
+            prompt_visible = jnp.repeat(prompt_mask, batch // prompt_mask.shape[0], axis=0)[:, None, :]
+            visible = jnp.concatenate([jnp.broadcast_to(prompt_visible, (batch, n, prompt_mask.shape[1])), visible],
+                                      axis=-1)
         return positions, jnp.where(visible, 0.0, layers.MASK_VALUE)[:, None], start
 
 
@@ -505,3 +528,45 @@ def merge_lora(model: Llama, params: Any) -> tuple[Llama, Any]:
         return out
 
     return Llama(dataclasses.replace(cfg, lora_rank=0)), merge(nn.unbox(params))
+
+
+def share_prompt_cache(cache: Mapping[str, Any], beam_size: int, max_new: int) -> dict[str, Any]:
+    """A prefilled cache (`prepare_cache` sized to the prompts) as a beam-search cache of batch x `beam_size`
+    rows whose beams share their prompt: its keys/values and mask stay once per prompt under `prompt_*` names,
+    and every row gets `max_new` empty slots of its own, positions continuing from its prompt."""
+    def convert(tree: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, x in tree.items():
+            if isinstance(x, Mapping):
+                out[name] = convert(x)
+            elif name in ("cached_key", "cached_value"):  # (batch, [layers,] kv_heads, length, head_dim)
+                out["prompt_" + name.removeprefix("cached_")] = x
+                out[name] = jnp.zeros((x.shape[0] * beam_size, *x.shape[1:-2], max_new, x.shape[-1]), x.dtype)
+            elif name == "key_mask":
+                out["prompt_mask"] = x
+                out[name] = jnp.zeros((x.shape[0] * beam_size, max_new), x.dtype)
+            elif name == "index":
+                out[name] = jnp.zeros_like(x)
+            elif name == "next_position":
+                out[name] = jnp.repeat(x, beam_size, axis=0)
+            else:
+                raise ValueError(f"share_prompt_cache: unexpected cache entry {name!r}")
+        return out
+
+    return convert(cache)
+
+
+def is_shared_prompt(path: tuple) -> bool:
+    """Beam search's `beam_invariant_cache` for `share_prompt_cache`: the prompt entries, once per prompt."""
+    return str(getattr(path[-1], "key", "")).startswith("prompt_")
+
+
+def prefill_shared_prompt(model: Llama, params: Any, prompts: Array, prompt_mask: Array, beam_size: int,
+                          max_new: int) -> dict[str, Any]:
+    """Prefills each left-padded prompt once and returns `share_prompt_cache`'s cache for beam search over
+    `max_new` steps (pass `beam_invariant_cache=is_shared_prompt`). Traceable."""
+    _, state = model.apply({"params": params}, prompts.shape[0], prompts.shape[1], method=Llama.prepare_cache,
+                           mutable=["cache"])
+    _, state = model.apply({"params": params, "cache": state["cache"]}, prompts, prompt_mask,
+                           method=Llama.decode_step, mutable=["cache"])  # its logits are unused (compiled away)
+    return share_prompt_cache(state["cache"], beam_size, max_new)

@@ -17,9 +17,10 @@ import transformers
 from flax import linen as nn
 from flax import traverse_util
 
-from kipjax import partitioning
+from kipjax import decoding, partitioning
 from kipjax.models import hf, layers
-from kipjax.models.llama import Llama, LlamaConfig, default_positions, lora_trainable_mask, merge_lora
+from kipjax.models.llama import (Llama, LlamaConfig, default_positions, is_shared_prompt, lora_trainable_mask,
+                                 merge_lora, prefill_shared_prompt)
 from torch_init import randomized
 
 TINY = dict(vocab_size=96, hidden_size=64, intermediate_size=80, num_hidden_layers=3, num_attention_heads=4,
@@ -202,6 +203,33 @@ def test_cached_decoding_equals_full_pass(checkpoint, scan_layers):
         out, state = step(state["cache"], jnp.asarray(IDS[:, t:t + 1]), jnp.asarray(MASK[:, t:t + 1]))
         stepped.append(np.asarray(out.logits))
     np.testing.assert_allclose(np.concatenate(stepped, axis=1)[VALID], full[VALID], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True], ids=["unrolled", "scanned"])
+def test_a_shared_prompt_cache_decodes_as_the_prompt_repeated_for_every_beam(checkpoint, scan_layers):
+    """Beams reading one prompt copy (and reordered without it) get the logits of beams with a copy each."""
+    _, path, _, _ = checkpoint
+    model, params = hf.load_pretrained(path, scan_layers=scan_layers)
+    beams, steps, prompt = 3, 4, 7
+    prompts, mask = jnp.asarray(IDS[:2, :prompt]), jnp.asarray(MASK[:2, :prompt])  # one full, one left-padded
+    step = step_function(model, params)
+    _, state = step(prepared_cache(model, params, 2, prompt + steps), prompts, mask)
+    repeated = decoding.repeat_for_beams(state["cache"], beams)
+    shared = jax.jit(lambda: prefill_shared_prompt(model, params, prompts, mask, beams, steps))()
+    assert shared["decode_slots"]["prompt_mask"].shape == (2, prompt)
+    tokens = np.random.default_rng(0).integers(3, TINY["vocab_size"], size=(steps, 2 * beams))
+    reorder = jnp.array([2, 2, 0, 4, 3, 5])  # within each prompt's beams, as beam search reorders them
+    for t in range(steps):
+        ids = jnp.asarray(tokens[t])[:, None]
+        expected, state = step(repeated, ids, jnp.ones_like(ids))
+        got, shared_state = step(shared, ids, jnp.ones_like(ids))
+        np.testing.assert_allclose(np.asarray(got.logits), np.asarray(expected.logits), atol=1e-5, rtol=0)
+        repeated = decoding.gather_rows(state["cache"], reorder)
+        shared = decoding.gather_rows(shared_state["cache"], reorder, is_shared_prompt)
+    with pytest.raises(ValueError, match="extra_kv cannot be combined with a shared prompt"):
+        noise = jnp.zeros((2 * beams, 1, model.config.num_key_value_heads, model.config.head_dim))
+        model.apply({"params": params, "cache": shared}, ids, extra_kv={0: (noise, noise, jnp.ones((2 * beams, 1)))},
+                    method=Llama.decode_step, mutable=["cache"])
 
 
 def test_greedy_decoding_equals_full_pass_and_transformers_generate(checkpoint):

@@ -37,7 +37,7 @@ from kipjax.methods.lmrc.prompts import Pair, parse_answer
 from kipjax.methods.lmrc.type_baseline import fit_type_rules, predict_by_type
 from kipjax.metrics.docre import docre_scores
 from kipjax.models import hf
-from kipjax.models.llama import Llama, LlamaConfig, lora_trainable_mask
+from kipjax.models.llama import Llama, LlamaConfig, is_shared_prompt, lora_trainable_mask, prefill_shared_prompt
 from kipjax.partitioning import fill_boxed
 from kipjax.run_log import track
 
@@ -201,11 +201,7 @@ class RelationClassification(Method):
                 affixes: Mapping[str, jax.Array]) -> jax.Array:
         """Best answer [B, max_new] per left-padded prompt (its final cue token left out): eos, then padding."""
         k, batch = self.beam_size, prompts.shape[0]
-        _, state = self.model.apply({"params": params}, batch, prompts.shape[1] + max_new,
-                                    method=Llama.prepare_cache, mutable=["cache"])
-        _, state = self.model.apply({"params": params, "cache": state["cache"]}, prompts, prompt_mask,
-                                    method=Llama.decode_step, mutable=["cache"])  # its logits are unused
-        cache = decoding.repeat_for_beams(state["cache"], k)  # each prompt prefilled once, not once a beam
+        cache = prefill_shared_prompt(self.model, params, prompts, prompt_mask, k, max_new)  # one prompt copy
 
         def step(cache: Any, tokens: jax.Array) -> tuple[jax.Array, Any]:
             out, new = self.model.apply({"params": params, "cache": cache}, tokens[:, None], method=Llama.decode_step,
@@ -218,7 +214,8 @@ class RelationClassification(Method):
         out = decoding.beam_search(step, cache, batch_size=batch, beam_size=k,
                                    max_length=max_new, start_token=cue_token, eos_token=self.tokenizer.eos_token_id,
                                    length_penalty=self.length_penalty,
-                                   constraint=self.constraint if self.constrained else None, constraint_state=cstate)
+                                   constraint=self.constraint if self.constrained else None, constraint_state=cstate,
+                                   beam_invariant_cache=is_shared_prompt)
         return out.sequences[:, 0]
 
     def decode_budget(self, affixes: Mapping[str, np.ndarray]) -> int:
