@@ -1,7 +1,9 @@
 """Beam search in one jit-compiled `lax.while_loop`; with one beam and length_penalty 0 it is greedy search.
 
 The model is a step function `(cache, tokens [N]) -> (logits [N, V], cache)` over N = batch x beams rows;
-every non-scalar cache leaf must carry those rows on axis 0, so beams can be reordered by a gather. A
+every non-scalar cache leaf must carry those rows on axis 0, so beams can be reordered by a gather, except
+leaves named beam-invariant (`beam_invariant_cache`), which are never reordered and may hold one row per batch
+item (a prompt's keys/values that all its beams read: `llama.share_prompt_cache`). A
 `Constraint` turns the decoder into a constrained one without any Python work per token: its state is an
 array pytree with the same rows, `process_logits` masks (or redirects) the logits of each row, and `update`
 advances the state by the chosen tokens. Both run inside the compiled loop. Masks should use the finite
