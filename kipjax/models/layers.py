@@ -70,6 +70,26 @@ def attention_bias_from_mask(mask: Array, dtype: DType = jnp.float32) -> Array:
     return jnp.where(mask[:, None, None, :].astype(bool), 0.0, MASK_VALUE).astype(dtype)
 
 
+def _query_rows_per_kv_head(q: Array, kv_heads: int) -> Array:
+    """(batch, q_length, heads, head_dim) queries -> (batch, kv_heads, groups x q_length, head_dim): one row axis
+    per kv head, ordered (group, position). XLA:CPU runs dots with size-1 free axes (q_length 1 when decoding,
+    groups 1 without GQA) several times slower than the same dot with those axes merged."""
+    batch, q_len, num_heads, head_dim = q.shape
+    if num_heads % kv_heads:
+        raise ValueError(f"{num_heads} query heads are not a multiple of {kv_heads} key/value heads")
+    groups = num_heads // kv_heads
+    q = jnp.transpose(q.reshape(batch, q_len, kv_heads, groups, head_dim), (0, 2, 3, 1, 4))
+    return q.reshape(batch, kv_heads, groups * q_len, head_dim)
+
+
+def _heads_from_query_rows(out: Array, q_len: int) -> Array:
+    """The inverse of `_query_rows_per_kv_head`: (batch, q_length, heads, head_dim), sharding-constrained."""
+    batch, kv_heads, rows, head_dim = out.shape
+    groups = rows // q_len
+    out = jnp.transpose(out.reshape(batch, kv_heads, groups, q_len, head_dim), (0, 3, 1, 2, 4))
+    return constrain(out.reshape(batch, q_len, kv_heads * groups, head_dim), BATCH_LENGTH_HEADS_KV)
+
+
 def grouped_query_attention(q: Array, k: Array, v: Array, bias: Array | None, scale: float,
                             dtype: DType = jnp.float32, dropout: Callable[[Array], Array] | None = None,
                             heads_major_kv: bool = False) -> Array:
@@ -81,18 +101,12 @@ def grouped_query_attention(q: Array, k: Array, v: Array, bias: Array | None, sc
     (batch, heads, q_length, kv_length); `dropout`, if given, maps the probabilities. Returns (batch, q_length,
     heads, head_dim).
     """
-    batch, q_len, num_heads, head_dim = q.shape
+    batch, q_len, num_heads, _ = q.shape
     kv_heads, kv_len = (k.shape[1], k.shape[2]) if heads_major_kv else (k.shape[2], k.shape[1])
     kv = "bhkd" if heads_major_kv else "bkhd"
-    if num_heads % kv_heads:
-        raise ValueError(f"{num_heads} query heads are not a multiple of {kv_heads} key/value heads")
-    groups = num_heads // kv_heads
-    # One (groups x q_length) row axis per kv head: XLA:CPU runs dots with size-1 free axes (q_length 1 when
-    # decoding, groups 1 without GQA) several times slower than the same dot with those axes merged.
-    rows = groups * q_len
-    q = jnp.transpose(q.reshape(batch, q_len, kv_heads, groups, head_dim), (0, 2, 3, 1, 4))
-    logits = jnp.einsum(f"bhmd,{kv}->bhmk", q.reshape(batch, kv_heads, rows, head_dim), k,
-                        preferred_element_type=jnp.float32)
+    q = _query_rows_per_kv_head(q, kv_heads)
+    rows = q.shape[2]
+    logits = jnp.einsum(f"bhmd,{kv}->bhmk", q, k, preferred_element_type=jnp.float32)
     logits = logits.reshape(batch, num_heads, q_len, kv_len) * scale
     if bias is not None:
         logits = logits + bias.astype(jnp.float32)
@@ -100,8 +114,7 @@ def grouped_query_attention(q: Array, k: Array, v: Array, bias: Array | None, sc
     if dropout is not None:
         probs = dropout(probs)
     out = jnp.einsum(f"bhmk,{kv}->bhmd", probs.reshape(batch, kv_heads, rows, kv_len), v.astype(dtype))
-    out = jnp.transpose(out.reshape(batch, kv_heads, groups, q_len, head_dim), (0, 3, 1, 2, 4))
-    return constrain(out.reshape(batch, q_len, num_heads, head_dim), BATCH_LENGTH_HEADS_KV)
+    return _heads_from_query_rows(out, q_len)
 
 
 def shared_prompt_attention(q: Array, prompt_k: Array, prompt_v: Array, k: Array, v: Array, bias: Array,
@@ -116,15 +129,13 @@ def shared_prompt_attention(q: Array, prompt_k: Array, prompt_v: Array, k: Array
     own length), the prompt's keys first. One softmax spans both, so this equals attention over the prompt's
     keys/values repeated for every row and joined to the row's own. Returns (rows, q_length, heads, head_dim).
     """
-    rows, q_len, num_heads, head_dim = q.shape
+    rows, q_len, num_heads, _ = q.shape
     batch, kv_heads, prompt_len, _ = prompt_k.shape
-    beams, groups = rows // batch, num_heads // kv_heads
-    if rows % batch or num_heads % kv_heads:
-        raise ValueError(f"{rows} query rows over {batch} prompts, or {num_heads} query heads over {kv_heads} "
-                         "key/value heads, do not divide")
-    per_head = groups * q_len  # a row's queries of one kv head, ordered (group, position) as in the heads
-    q = jnp.transpose(q.reshape(rows, q_len, kv_heads, groups, head_dim), (0, 2, 3, 1, 4))
-    q = q.reshape(rows, kv_heads, per_head, head_dim)
+    if rows % batch:
+        raise ValueError(f"{rows} query rows are not a multiple of {batch} prompts")
+    beams = rows // batch
+    q = _query_rows_per_kv_head(q, kv_heads)
+    per_head = q.shape[2]  # a row's queries of one kv head
 
     def to_items(x: Array) -> Array:  # (rows, kv_heads, per_head, n) -> (batch, kv_heads, beams x per_head, n)
         x = jnp.swapaxes(x.reshape(batch, beams, kv_heads, per_head, x.shape[-1]), 1, 2)
@@ -142,8 +153,7 @@ def shared_prompt_attention(q: Array, prompt_k: Array, prompt_v: Array, k: Array
     probs = jax.nn.softmax(logits, axis=-1).astype(dtype).reshape(rows, kv_heads, per_head, kv_len)
     out = to_rows(jnp.einsum("bhmk,bhkd->bhmd", to_items(probs[..., :prompt_len]), prompt_v.astype(dtype)))
     out = out + jnp.einsum("bhmk,bhkd->bhmd", probs[..., prompt_len:], v.astype(dtype))
-    out = jnp.transpose(out.reshape(rows, kv_heads, groups, q_len, head_dim), (0, 3, 1, 2, 4))
-    return constrain(out.reshape(rows, q_len, num_heads, head_dim), BATCH_LENGTH_HEADS_KV)
+    return _heads_from_query_rows(out, q_len)
 
 
 def rope_inverse_frequencies(head_dim: int, theta: float, scaling: Mapping[str, Any] | None = None) -> np.ndarray:
